@@ -1,0 +1,187 @@
+"""Config keys of vclr_d2.
+
+``add_vclr_config(cfg)`` creates every node this project reads and changes no existing value
+except where stated. Symbols in comments refer to the v-CLR paper (arXiv 2504.01383).
+Call order in a training script: ``get_cfg`` -> ``add_vclr_config`` -> ``merge_from_file`` ->
+``merge_from_list`` -> ``freeze``.
+"""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_vclr_config"]
+
+
+def add_vclr_config(cfg: CN) -> None:
+    """Add the v-CLR keys to a detectron2 config, in place."""
+    _add_backbone_config(cfg)
+    _add_head_config(cfg)
+    _add_vclr_model_config(cfg)
+    _add_input_config(cfg)
+    _add_dataset_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
+
+
+def _add_backbone_config(cfg: CN) -> None:
+    cfg.MODEL.CONVNEXT = CN()
+    # timm model name of the ConvNeXt trunk, e.g. convnext_atto ... convnext_xlarge.
+    cfg.MODEL.CONVNEXT.NAME = "convnext_tiny"
+    # Stages given to the FPN, named res2..res5 (strides 4, 8, 16, 32).
+    cfg.MODEL.CONVNEXT.OUT_FEATURES = ["res3", "res4", "res5"]
+    # Stochastic depth (drop-path) rate of the trunk.
+    cfg.MODEL.CONVNEXT.DROP_PATH_RATE = 0.1
+    # Freeze the stem (1) and the first k-1 stages (k = 2..5); 0 freezes nothing.
+    cfg.MODEL.CONVNEXT.FREEZE_AT = 0
+    # Local file with trunk weights: a timm state dict (.pth/.bin/.safetensors) or a detectron2
+    # checkpoint ({"model": ...}). Empty: random init (or MODEL.WEIGHTS for the whole model).
+    cfg.MODEL.CONVNEXT.WEIGHTS = ""
+    # Let timm download ImageNet weights when WEIGHTS is empty. Off: nothing is ever downloaded.
+    cfg.MODEL.CONVNEXT.PRETRAINED_DOWNLOAD = False
+    # FPN top block on top of the last level: "p6p7" (RetinaNet/FCOS style), "maxpool", or "none".
+    cfg.MODEL.FPN.TOP_BLOCK = "p6p7"
+    # Input of the P6/P7 block: "p5" (FPN output) or "res5" (trunk output).
+    cfg.MODEL.FPN.TOP_BLOCK_IN = "p5"
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+
+
+def _add_head_config(cfg: CN) -> None:
+    cfg.MODEL.VCLR_HEAD = CN()
+    # FPN levels the dense head runs on.
+    cfg.MODEL.VCLR_HEAD.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Number of 3x3 conv + GroupNorm + ReLU layers in each tower.
+    cfg.MODEL.VCLR_HEAD.NUM_CONVS = 4
+    # GroupNorm groups in the towers.
+    cfg.MODEL.VCLR_HEAD.NUM_GROUPS = 32
+    # Prior probability of objectness at init (bias = -log((1 - p) / p)).
+    cfg.MODEL.VCLR_HEAD.PRIOR_PROB = 0.01
+    # Dimension D of the object embedding q used by L_sim.
+    cfg.MODEL.VCLR_HEAD.EMBED_DIM = 256
+    # Quality branch: "none", "iou" or "centerness"; multiplies the objectness at inference.
+    cfg.MODEL.VCLR_HEAD.QUALITY = "none"
+    # Mask coefficients per location (= channels of the stride-8 mask feature map).
+    cfg.MODEL.VCLR_HEAD.MASK_DIM = 32
+    # Channels of the convs in the mask-feature branch.
+    cfg.MODEL.VCLR_HEAD.MASK_BRANCH_CHANNELS = 128
+    # FPN levels fused by the mask-feature branch; the first one sets its stride (8 for p3).
+    cfg.MODEL.VCLR_HEAD.MASK_IN_FEATURES = ["p3", "p4", "p5"]
+    # Predict masks at all; off gives a box-only detector.
+    cfg.MODEL.VCLR_HEAD.MASK_ON = True
+    # Matched targets per image whose masks enter the mask loss (cost control), -1 = all.
+    cfg.MODEL.VCLR_HEAD.MAX_MASKS_PER_IMAGE = 64
+
+    cfg.MODEL.VCLR_MATCHER = CN()
+    # "hungarian" (one-to-one, scipy linear_sum_assignment) or "dynamic_k" (one-to-many, SimOTA).
+    cfg.MODEL.VCLR_MATCHER.NAME = "hungarian"
+    # Cost weights: C = w_cls * C_focal + w_l1 * L1(box) + w_giou * (-GIoU).
+    cfg.MODEL.VCLR_MATCHER.COST_CLASS = 2.0
+    cfg.MODEL.VCLR_MATCHER.COST_BOX_L1 = 5.0
+    cfg.MODEL.VCLR_MATCHER.COST_GIOU = 2.0
+    # Focal cost alpha and gamma.
+    cfg.MODEL.VCLR_MATCHER.FOCAL_ALPHA = 0.25
+    cfg.MODEL.VCLR_MATCHER.FOCAL_GAMMA = 2.0
+    # Centre prior: a location is a candidate for a target when it lies inside the target box
+    # and within CENTER_RADIUS strides of its centre.
+    cfg.MODEL.VCLR_MATCHER.CENTER_RADIUS = 2.5
+    # dynamic_k: number of top-IoU candidates summed to get k per target.
+    cfg.MODEL.VCLR_MATCHER.DYNAMIC_K_TOPK = 10
+
+    cfg.MODEL.VCLR_LOSS = CN()
+    # Per-term weights inside L_obj and L_gt (paper: dice 5, mask BCE 5, score 4, L1 5, GIoU 2).
+    cfg.MODEL.VCLR_LOSS.DICE_WEIGHT = 5.0
+    cfg.MODEL.VCLR_LOSS.MASK_WEIGHT = 5.0
+    cfg.MODEL.VCLR_LOSS.SCORE_WEIGHT = 4.0
+    cfg.MODEL.VCLR_LOSS.BOX_L1_WEIGHT = 5.0
+    cfg.MODEL.VCLR_LOSS.GIOU_WEIGHT = 2.0
+    # Focal loss on objectness: alpha, gamma.
+    cfg.MODEL.VCLR_LOSS.FOCAL_ALPHA = 0.25
+    cfg.MODEL.VCLR_LOSS.FOCAL_GAMMA = 2.0
+    # lambda_gt: weight of L_gt (student matched to ground truth).
+    cfg.MODEL.VCLR_LOSS.GT_WEIGHT = 1.0
+    # lambda_obj: weight of L_obj (student matched to proposals).
+    cfg.MODEL.VCLR_LOSS.OBJ_WEIGHT = 1.0
+    # lambda_sim: weight of L_sim = mean(1 - cos(q_S, sg(q_T))).
+    cfg.MODEL.VCLR_LOSS.SIM_WEIGHT = 1.0
+    # lambda_match: multiplies (lambda_obj * L_obj + lambda_sim * L_sim).
+    cfg.MODEL.VCLR_LOSS.MATCH_WEIGHT = 1.0
+
+
+def _add_vclr_model_config(cfg: CN) -> None:
+    cfg.MODEL.VCLR = CN()
+    # m: teacher <- m * teacher + (1 - m) * student after each optimizer step.
+    cfg.MODEL.VCLR.EMA_DECAY = 0.999
+    # Evaluate with the EMA teacher's weights (the paper's protocol); False uses the student.
+    cfg.MODEL.VCLR.TEST_WITH_TEACHER = True
+    # Run the teacher and L_sim at all. False (with INPUT.VIEWS.NAMES = ["natural"]) gives the
+    # plain class-agnostic baseline detector.
+    cfg.MODEL.VCLR.SIM_ON = True
+    # Student-only augmentations applied inside the model.
+    # Patch mixing: x <- lam * x + (1 - lam) * up(random (h/8 x w/8) patch), lam ~ U[LOW, 1].
+    cfg.MODEL.VCLR.PATCH_MIX_PROB = 1.0
+    cfg.MODEL.VCLR.PATCH_MIX_LAMBDA_LOW = 0.5
+    # Random erasing on the normalised student image (area U(0.02, 1/3), aspect log-U[0.3, 0.7]).
+    cfg.MODEL.VCLR.RANDOM_ERASE_PROB = 0.5
+    # Grayscale of the whole student batch, with this probability.
+    cfg.MODEL.VCLR.GRAYSCALE_PROB = 0.5
+    # Candidates kept per level before NMS at inference.
+    cfg.MODEL.VCLR.TOPK_CANDIDATES = 1000
+    # Class-agnostic NMS IoU threshold at inference.
+    cfg.MODEL.VCLR.NMS_THRESH = 0.7
+    # Minimum score kept at inference; 0 keeps everything (any threshold lowers recall).
+    cfg.MODEL.VCLR.SCORE_THRESH = 0.0
+    # Threshold on the mask probability that makes the binary pred_masks.
+    cfg.MODEL.VCLR.MASK_THRESH = 0.5
+
+
+def _add_input_config(cfg: CN) -> None:
+    cfg.INPUT.VIEWS = CN()
+    # View names the student can be shown; "natural" is the image itself.
+    cfg.INPUT.VIEWS.NAMES = ["natural", "depth", "style"]
+    # Sampling probability of each name above (normalised); one view is drawn per image.
+    cfg.INPUT.VIEWS.PROBS = [1.0 / 3, 1.0 / 3, 1.0 / 3]
+    # Folder of each view's files. A relative folder sits next to the natural image's folder
+    # (official layout: coco/train2017 -> coco/train2017_depth_cmap); "{split}" is replaced by
+    # the natural folder's name. Empty for "natural".
+    cfg.INPUT.VIEWS.DIRS = ["", "{split}_depth_cmap", "style_coco_{split}"]
+    # File extension of each view's files.
+    cfg.INPUT.VIEWS.EXTS = ["", ".png", ".jpg"]
+    # Absolute root under which relative view folders are looked up instead of next to the
+    # natural image's folder; empty for the official layout.
+    cfg.INPUT.VIEWS.ROOT = ""
+    # When a view file is missing: False raises an error naming the path; True shows the
+    # natural image instead and counts the fallback (logged as data/view_fallbacks).
+    cfg.INPUT.VIEWS.FALLBACK_TO_NATURAL = False
+    # Probability of a random crop before resizing (SPEC: 0.5, size 384-600).
+    cfg.INPUT.CROP.PROB = 0.5
+    # Load proposals (pseudo instances) for L_obj from the dataset dicts.
+    cfg.INPUT.LOAD_PROPOSALS = True
+
+
+def _add_dataset_config(cfg: CN) -> None:
+    cfg.DATASETS.SYNTHETIC = CN()
+    # Number of images of the synthetic training split.
+    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 1000
+    # Number of images of each synthetic validation split.
+    cfg.DATASETS.SYNTHETIC.NUM_VAL = 200
+    # Side of the square synthetic images, in pixels.
+    cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 128
+    # Seed of the synthetic generator.
+    cfg.DATASETS.SYNTHETIC.SEED = 0
+    # Cache folder of the generated synthetic dataset (COCO format); empty = under
+    # $DETECTRON2_DATASETS/synth_openworld.
+    cfg.DATASETS.SYNTHETIC.ROOT = ""
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # Optimizer: "ADAMW" (the paper's) or "SGD".
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate multiplier of the backbone trunk (paper: 0.1).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+
+
+def _add_test_config(cfg: CN) -> None:
+    cfg.TEST.OPENWORLD = CN()
+    # k values of AR@k reported by the open-world evaluator.
+    cfg.TEST.OPENWORLD.MAX_DETS = [1, 10, 20, 30, 50, 100, 300]
+    # Known-class names for the seen/unseen breakdown on label-keeping evaluation sets; empty
+    # disables the breakdown.
+    cfg.TEST.OPENWORLD.KNOWN_CLASSES = []

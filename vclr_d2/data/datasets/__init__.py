@@ -1,0 +1,1 @@
+"""Dataset registration: official open-world names and the synthetic open-world set."""

@@ -1,0 +1,1 @@
+"""Training engine: trainer, EMA hook and optimizer for v-CLR."""

@@ -1,0 +1,1 @@
+"""Open-world (class-agnostic) average-recall evaluation."""

@@ -1,0 +1,3 @@
+from .convnext import ConvNeXt, build_convnext_fpn_backbone
+
+__all__ = ["ConvNeXt", "build_convnext_fpn_backbone"]
