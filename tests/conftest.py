@@ -22,3 +22,22 @@ def cfg():
     c.MODEL.CONVNEXT.DROP_PATH_RATE = 0.0
     c.MODEL.DEVICE = "cpu"
     return c
+
+
+@pytest.fixture
+def model_cfg(cfg):
+    """A tiny VCLR model: convnext_atto, 64-channel FPN p3-p5, 2-conv towers, no student augs."""
+    cfg.MODEL.META_ARCHITECTURE = "VCLR"
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.PIXEL_MEAN = [128.0, 128.0, 128.0]
+    cfg.MODEL.PIXEL_STD = [64.0, 64.0, 64.0]
+    cfg.MODEL.FPN.OUT_CHANNELS = 64
+    cfg.MODEL.FPN.TOP_BLOCK = "none"
+    cfg.MODEL.VCLR_HEAD.IN_FEATURES = ["p3", "p4", "p5"]
+    cfg.MODEL.VCLR_HEAD.NUM_CONVS = 2
+    cfg.MODEL.VCLR_HEAD.EMBED_DIM = 64
+    cfg.MODEL.VCLR_HEAD.MASK_BRANCH_CHANNELS = 32
+    cfg.MODEL.VCLR.PATCH_MIX_PROB = 0.0
+    cfg.MODEL.VCLR.RANDOM_ERASE_PROB = 0.0
+    cfg.MODEL.VCLR.GRAYSCALE_PROB = 0.0
+    return cfg

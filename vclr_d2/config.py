@@ -48,10 +48,10 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_HEAD = CN()
     # FPN levels the dense head runs on.
     cfg.MODEL.VCLR_HEAD.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
-    # Number of 3x3 conv + GroupNorm + ReLU layers in each tower.
+    # Number of 3x3 conv + norm + ReLU layers in each of the two towers (objectness, box).
     cfg.MODEL.VCLR_HEAD.NUM_CONVS = 4
-    # GroupNorm groups in the towers.
-    cfg.MODEL.VCLR_HEAD.NUM_GROUPS = 32
+    # Norm of the towers and the mask branch, a detectron2 norm name ("GN": 32-group GroupNorm).
+    cfg.MODEL.VCLR_HEAD.NORM = "GN"
     # Prior probability of objectness at init (bias = -log((1 - p) / p)).
     cfg.MODEL.VCLR_HEAD.PRIOR_PROB = 0.01
     # Dimension D of the object embedding q used by L_sim.
@@ -64,8 +64,9 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_HEAD.MASK_BRANCH_CHANNELS = 128
     # FPN levels fused by the mask-feature branch; the first one sets its stride (8 for p3).
     cfg.MODEL.VCLR_HEAD.MASK_IN_FEATURES = ["p3", "p4", "p5"]
-    # Predict masks at all; off gives a box-only detector.
-    cfg.MODEL.VCLR_HEAD.MASK_ON = True
+    # Stride of the maps on which the mask loss is computed (mask logits upsampled, targets
+    # area-pooled). Masks at all are switched by detectron2's MODEL.MASK_ON.
+    cfg.MODEL.VCLR_HEAD.MASK_LOSS_STRIDE = 4
     # Matched targets per image whose masks enter the mask loss (cost control), -1 = all.
     cfg.MODEL.VCLR_HEAD.MAX_MASKS_PER_IMAGE = 64
 
@@ -92,6 +93,8 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_LOSS.SCORE_WEIGHT = 4.0
     cfg.MODEL.VCLR_LOSS.BOX_L1_WEIGHT = 5.0
     cfg.MODEL.VCLR_LOSS.GIOU_WEIGHT = 2.0
+    # Weight of the quality-branch BCE (only with MODEL.VCLR_HEAD.QUALITY != "none").
+    cfg.MODEL.VCLR_LOSS.QUALITY_WEIGHT = 1.0
     # Focal loss on objectness: alpha, gamma.
     cfg.MODEL.VCLR_LOSS.FOCAL_ALPHA = 0.25
     cfg.MODEL.VCLR_LOSS.FOCAL_GAMMA = 2.0
@@ -118,10 +121,16 @@ def _add_vclr_model_config(cfg: CN) -> None:
     # Patch mixing: x <- lam * x + (1 - lam) * up(random (h/8 x w/8) patch), lam ~ U[LOW, 1].
     cfg.MODEL.VCLR.PATCH_MIX_PROB = 1.0
     cfg.MODEL.VCLR.PATCH_MIX_LAMBDA_LOW = 0.5
-    # Random erasing on the normalised student image (area U(0.02, 1/3), aspect log-U[0.3, 0.7]).
+    # Random erasing on the normalised student image, fill 0: probability, area fraction range
+    # (uniform) and aspect-ratio range (log-uniform).
     cfg.MODEL.VCLR.RANDOM_ERASE_PROB = 0.5
+    cfg.MODEL.VCLR.RANDOM_ERASE_SCALE = [0.02, 1.0 / 3]
+    cfg.MODEL.VCLR.RANDOM_ERASE_RATIO = [0.3, 0.7]
     # Grayscale of the whole student batch, with this probability.
     cfg.MODEL.VCLR.GRAYSCALE_PROB = 0.5
+    # Proposals whose box IoU with a ground-truth box exceeds this are dropped (the object is
+    # already a ground-truth target); 1.0 keeps every proposal.
+    cfg.MODEL.VCLR.PROPOSAL_GT_DEDUP_IOU = 0.7
     # Candidates kept per level before NMS at inference.
     cfg.MODEL.VCLR.TOPK_CANDIDATES = 1000
     # Class-agnostic NMS IoU threshold at inference.

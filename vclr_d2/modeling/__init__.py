@@ -1,5 +1,22 @@
 """Models: the ConvNeXt-FPN backbone, the dense v-CLR head and the VCLR meta-architecture."""
 
+from .augment import StudentAugmentation
 from .backbone import build_convnext_fpn_backbone
+from .criterion import Targets, VCLRCriterion
+from .head import HeadOutputs, VCLRHead
+from .matcher import VCLR_MATCHER_REGISTRY, DynamicKMatcher, HungarianMatcher, build_matcher
+from .meta_arch import VCLR
 
-__all__ = ["build_convnext_fpn_backbone"]
+__all__ = [
+    "VCLR",
+    "VCLR_MATCHER_REGISTRY",
+    "DynamicKMatcher",
+    "HeadOutputs",
+    "HungarianMatcher",
+    "StudentAugmentation",
+    "Targets",
+    "VCLRCriterion",
+    "VCLRHead",
+    "build_convnext_fpn_backbone",
+    "build_matcher",
+]

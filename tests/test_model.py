@@ -1,0 +1,245 @@
+"""The VCLR meta-architecture and its dense head, on a tiny convnext_atto model."""
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from torchvision.ops import box_iou
+
+from tests.model_utils import SCENE_BOXES, instances, scene, training_input
+from vclr_d2.modeling import VCLR, VCLRHead
+from vclr_d2.modeling.criterion import dice_loss
+
+
+def _student_params(model):
+    return {n: p for n, p in model.named_parameters() if not n.startswith("teacher.")}
+
+
+def test_head_output_shapes(model_cfg):
+    model_cfg.MODEL.FPN.TOP_BLOCK = "p6p7"
+    model_cfg.MODEL.VCLR_HEAD.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    model_cfg.MODEL.VCLR_HEAD.QUALITY = "iou"
+    model = build_model(model_cfg)
+    assert isinstance(model, VCLR) and isinstance(model.head, VCLRHead)
+    out = model.head(model.backbone(torch.randn(2, 3, 96, 160)))
+    sizes = [12 * 20, 6 * 10, 3 * 5, 2 * 3, 1 * 2]
+    r = sum(sizes)
+    assert out.level_sizes == sizes
+    assert out.objectness.shape == (2, r) and out.quality.shape == (2, r)
+    assert out.boxes.shape == (2, r, 4)
+    assert out.embeddings.shape == (2, r, 64)
+    assert out.mask_coeffs.shape == (2, r, 32)
+    assert out.mask_features.shape == (2, 32, 12, 20)
+    assert out.locations.shape == (r, 2) and out.strides.shape == (r,)
+    assert out.strides[sizes[0]].item() == 16 and out.strides[-1].item() == 128
+    assert torch.equal(out.locations[0], torch.tensor([4.0, 4.0]))
+    # boxes contain their own location: distances to the sides are >= 0
+    loc = out.locations[None]
+    assert (out.boxes[..., :2] <= loc + 1e-5).all() and (out.boxes[..., 2:] >= loc - 1e-5).all()
+
+
+def test_losses_are_finite_and_reach_every_trainable_parameter(model_cfg):
+    model_cfg.MODEL.VCLR_HEAD.QUALITY = "centerness"
+    model = build_model(model_cfg).train()
+    image, masks = scene()
+    batch = [training_input(image, masks, proposals=[(0, 0, 30, 30), (10, 12, 50, 41)]),
+             training_input(scene(1)[0], masks[:0], boxes=[])]
+    losses = model(batch)
+    assert set(losses) == {f"loss_{t}_{k}" for t in ("gt", "obj")
+                           for k in ("score", "box_l1", "giou", "dice", "mask")} | {
+        "loss_sim", "loss_quality"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    missing = [n for n, p in _student_params(model).items() if p.grad is None]
+    assert missing == []
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("teacher."))
+
+
+def test_images_without_any_target_give_zero_connected_losses(model_cfg):
+    model = build_model(model_cfg).train()
+    image = scene()[0]
+    batch = [training_input(image, np.zeros((0, 128, 128), bool), boxes=[], proposals=[])] * 2
+    losses = model(batch)
+    assert {k: v.item() for k, v in losses.items()} == {k: 0.0 for k in losses}
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in _student_params(model).values())
+
+
+def test_proposals_duplicating_ground_truth_are_dropped(model_cfg):
+    model = build_model(model_cfg)
+    image, masks = scene()
+    x = training_input(image, masks, proposals=[SCENE_BOXES[0], (0, 0, 8, 8)])
+    (t,) = model.prepare_targets([x], (128, 128))
+    assert t.is_gt.tolist() == [True] * 4 + [False]
+    assert t.boxes[-1].tolist() == [0, 0, 8, 8]
+    assert t.has_mask.tolist() == [True] * 4 + [False]
+    assert t.masks.shape == (5, 32, 32)
+    # area-pooled targets: the first ellipse's mask fraction matches its pixel count
+    assert abs(t.masks[0].sum().item() * 16 - masks[0].sum()) < 1e-3
+
+
+def test_one_step_changes_student_and_teacher_follows_ema(model_cfg):
+    model = build_model(model_cfg).train()
+    model.ema_decay = 0.9
+    before_s = {k: v.detach().clone() for k, v in _student_params(model).items()}
+    before_t = {k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
+    image, masks = scene()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    sum(model([training_input(image, masks)]).values()).backward()
+    opt.step()
+    model.update_teacher()
+    after_s = _student_params(model)
+    changed = {k for k in before_s if not torch.equal(before_s[k], after_s[k])}
+    # Adam moves every parameter whose gradient is not zero (box scales of levels without a
+    # positive have none)
+    assert changed == {k for k, p in after_s.items() if p.grad.abs().sum() > 0}
+    assert len(changed) >= 0.95 * len(before_s)
+    for k, t in model.teacher.state_dict().items():
+        expected = 0.9 * before_t[k] + (1 - 0.9) * after_s[k].detach()
+        assert torch.equal(t, expected), k
+        assert torch.equal(t, before_t[k]) == (k not in changed), k
+
+
+def test_sim_loss_is_zero_for_identical_branches(model_cfg):
+    model = build_model(model_cfg).train()
+    image, masks = scene()
+    losses = model([training_input(image, masks, proposals=[(0, 0, 30, 30)])])
+    assert losses["loss_sim"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sim_loss_gradient_reaches_only_the_student(model_cfg):
+    model = build_model(model_cfg).train()
+    image, masks = scene()
+    view = 255 - image  # a different view of the same geometry
+    losses = model([training_input(view, masks, natural=image)])
+    assert losses["loss_sim"].item() > 1e-3
+    losses["loss_sim"].backward()
+    assert model.head.embed.weight.grad.abs().sum() > 0
+    assert model.backbone.bottom_up.stem[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.teacher.parameters())
+    # the objectness predictor does not lie on q's path, so L_sim gives it no gradient
+    assert model.head.objectness.weight.grad is None
+
+
+def test_baseline_runs_no_teacher_and_has_no_sim_loss(model_cfg):
+    model_cfg.MODEL.VCLR.SIM_ON = False
+    model = build_model(model_cfg).train()
+    calls = []
+    model.teacher["backbone"].register_forward_hook(lambda *a: calls.append(1))
+    image, masks = scene()
+    losses = model([training_input(image, masks)])
+    assert "loss_sim" not in losses and calls == []
+
+
+def test_save_then_load_restores_student_and_teacher(model_cfg, tmp_path):
+    model = build_model(model_cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    model.update_teacher(0.5)
+    assert not torch.equal(model.teacher["head"].embed.weight, model.head.embed.weight)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_final")
+    other = build_model(model_cfg)
+    DetectionCheckpointer(other).load(str(tmp_path / "model_final.pth"))
+    ours, theirs = model.state_dict(), other.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert any(k.startswith("teacher.head.") for k in ours)
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
+
+
+def test_checkpoint_without_teacher_initialises_teacher_from_student(model_cfg, tmp_path):
+    model = build_model(model_cfg)
+    student = {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
+    torch.save({"model": student}, tmp_path / "student_only.pth")
+    other = build_model(model_cfg)
+    DetectionCheckpointer(other).load(str(tmp_path / "student_only.pth"))
+    assert torch.equal(other.teacher["head"].embed.weight, model.head.embed.weight)
+
+
+@pytest.mark.parametrize("with_teacher", [True, False])
+def test_inference_output_format(model_cfg, with_teacher):
+    model_cfg.TEST.DETECTIONS_PER_IMAGE = 50
+    model_cfg.MODEL.VCLR.TEST_WITH_TEACHER = with_teacher
+    model = build_model(model_cfg).eval()
+    with torch.no_grad():
+        model.teacher["head"].objectness.bias.fill_(5.0)  # teacher differs from the student
+    image = scene()[0][:, :96, :]
+    (out,) = model([{"image": image, "height": 192, "width": 256}])
+    inst = out["instances"]
+    assert inst.image_size == (192, 256)
+    assert 0 < len(inst) <= 50
+    assert torch.all(inst.scores[:-1] >= inst.scores[1:])
+    assert inst.pred_masks.dtype == torch.bool and inst.pred_masks.shape[1:] == (192, 256)
+    assert inst.pred_classes.tolist() == [0] * len(inst)
+    b = inst.pred_boxes.tensor
+    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 256).all() and (b[:, 3] <= 192).all()
+    # masks never extend outside their box (box crop, YOLACT-style)
+    ys, xs = torch.nonzero(inst.pred_masks[0], as_tuple=True)
+    if len(xs):
+        assert xs.min() >= b[0, 0].floor() - 1 and xs.max() <= b[0, 2].ceil()
+    # objectness bias 5 on the teacher lifts every score: its use is visible
+    assert (inst.scores.max() > 0.5) == with_teacher
+
+
+def test_dice_loss_values():
+    logits = torch.tensor([[20.0, 20.0, -20.0, -20.0]])
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    ones = torch.ones_like(target)
+    assert dice_loss(logits, target, ones).item() == pytest.approx(0.0, abs=1e-6)
+    assert dice_loss(-logits, target, ones).item() == pytest.approx(1 - 1 / 5, abs=1e-6)
+    # all-foreground prediction: 1 - (2 * 2 + 1) / (4 + 2 + 1); pixels of weight 0 do not count
+    everywhere = torch.full_like(logits, 20.0)
+    assert dice_loss(everywhere, target, ones).item() == pytest.approx(2 / 7, abs=1e-6)
+    assert dice_loss(everywhere, target, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _train(model, batch, iters, lr=1e-3):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    model.train()
+    for _ in range(iters):
+        loss = sum(model(batch).values())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        model.update_teacher()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("matcher", ["hungarian", "dynamic_k"])
+def test_overfits_one_image_to_full_recall(model_cfg, matcher):
+    """A real learning check: fails if a loss, the box decoding or the matcher is broken."""
+    model_cfg.MODEL.VCLR_MATCHER.NAME = matcher
+    model_cfg.MODEL.VCLR.TEST_WITH_TEACHER = False
+    model = build_model(model_cfg)
+    image, masks = scene()
+    _train(model, [training_input(image, masks)], iters=150)
+    (out,) = model.eval()([{"image": image}])
+    inst = out["instances"]
+    gt = instances(SCENE_BOXES, masks, (128, 128))
+    iou = box_iou(inst.pred_boxes.tensor[:100], gt.gt_boxes.tensor)
+    recall = (iou.max(dim=0).values >= 0.5).float().mean().item()
+    assert recall >= 0.9
+    # the best box of each object also carries a mask that overlaps the object's mask
+    best = iou.argmax(dim=0)
+    pred = inst.pred_masks[best].flatten(1).float()
+    true = torch.as_tensor(masks).flatten(1).float()
+    mask_iou = (pred * true).sum(1) / ((pred + true) > 0).float().sum(1)
+    assert (mask_iou >= 0.6).all(), mask_iou
+
+
+def test_box_decoding_is_distances_times_stride_around_each_location(model_cfg):
+    model = build_model(model_cfg)
+    with torch.no_grad():
+        model.head.box_pred.weight.zero_()
+        model.head.box_pred.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 0.5]))
+    out = model.head(model.backbone(torch.randn(1, 3, 64, 96)))
+    loc, stride = out.locations, out.strides[:, None]
+    expected = torch.cat([loc - torch.tensor([1.0, 2.0]) * stride,
+                          loc + torch.tensor([3.0, 0.5]) * stride], dim=1)
+    torch.testing.assert_close(out.boxes[0], expected)
+    assert out.boxes[0, 0].tolist() == [4 - 8, 4 - 16, 4 + 24, 4 + 4]
