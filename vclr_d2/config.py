@@ -157,7 +157,7 @@ def _add_input_config(cfg: CN) -> None:
     # natural image's folder; empty for the official layout.
     cfg.INPUT.VIEWS.ROOT = ""
     # When a view file is missing: False raises an error naming the path; True shows the
-    # natural image instead and counts the fallback (logged as data/view_fallbacks).
+    # natural image instead and counts the fallback (logged per iteration as vclr/view_fallbacks).
     cfg.INPUT.VIEWS.FALLBACK_TO_NATURAL = False
     # Probability of a random crop before resizing (SPEC: 0.5, size 384-600).
     cfg.INPUT.CROP.PROB = 0.5
@@ -166,6 +166,14 @@ def _add_input_config(cfg: CN) -> None:
 
 
 def _add_dataset_config(cfg: CN) -> None:
+    cfg.DATASETS.OPENWORLD = CN()
+    # Root of the official open-world files; empty = $DETECTRON2_DATASETS (default "datasets").
+    cfg.DATASETS.OPENWORLD.ROOT = ""
+    # How proposals are told from ground truth inside a mixed training JSON: "field:<key>"
+    # (key present and truthy), "has:<key>", "category:<id>[,<id>]" or "none" (all ground truth).
+    cfg.DATASETS.OPENWORLD.PROPOSAL_RULE = "field:is_proposal"
+    # Separate proposals files of official datasets, as "<dataset name>=<path>" entries.
+    cfg.DATASETS.OPENWORLD.PROPOSAL_FILES = []
     cfg.DATASETS.SYNTHETIC = CN()
     # Number of images of the synthetic training split.
     cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 1000

@@ -1,1 +1,6 @@
 """Data: the v-CLR dataset mapper, open-world dataset registration and the synthetic set."""
+
+from . import datasets  # noqa: F401  (registers the built-in datasets)
+from .mapper import VCLRDatasetMapper, ViewSpec, build_geometric_augmentation, view_path
+
+__all__ = ["VCLRDatasetMapper", "ViewSpec", "build_geometric_augmentation", "view_path"]

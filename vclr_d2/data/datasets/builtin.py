@@ -1,0 +1,85 @@
+"""Built-in registrations: the official open-world names and the synthetic open-world set.
+
+The synthetic set (``vclr_d2.data.datasets.synthetic``) is registered lazily under three names:
+
+- ``synth_openworld_train``: training images, ground truth of the known families, proposals
+  from a separate file (``train_proposals.json``);
+- ``synth_openworld_val_novel``: validation images, ground truth of the novel families only;
+- ``synth_openworld_val_all``: the same images, every object with its family as category
+  (for the seen/unseen breakdown with ``TEST.OPENWORLD.KNOWN_CLASSES``).
+
+Its files are generated on first use into a cache folder keyed by the generator's parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .openworld import load_openworld_json, register_official_openworld_datasets
+
+__all__ = ["SYNTHETIC_DATASETS", "register_all", "register_synthetic_openworld"]
+
+SYNTHETIC_DATASETS = ("synth_openworld_train", "synth_openworld_val_novel",
+                      "synth_openworld_val_all")
+
+
+def register_synthetic_openworld(num_train: int = 1000, num_val: int = 200,
+                                 image_size: int = 128, seed: int = 0,
+                                 root: str | None = None) -> None:
+    """(Re-)register the three synthetic names; generation happens when one is first loaded."""
+    from .synthetic import ensure_synthetic_openworld, synthetic_openworld_files
+
+    kwargs = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                  root=root or None)
+    files = synthetic_openworld_files(**kwargs)
+
+    def loader(split: str):
+        def load():
+            f = ensure_synthetic_openworld(**kwargs)
+            if split == "train":
+                return load_openworld_json(f.train_json, f.train_images, "synth_openworld_train",
+                                           proposals_file=f.train_proposals_json)
+            json_file = f.val_novel_json if split == "val_novel" else f.val_all_json
+            return load_openworld_json(json_file, f.val_images, f"synth_openworld_{split}")
+        return load
+
+    jsons = {"train": files.train_json, "val_novel": files.val_novel_json,
+             "val_all": files.val_all_json}
+    for split, json_file in jsons.items():
+        name = f"synth_openworld_{split}"
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, loader(split))
+        with contextlib.redirect_stdout(io.StringIO()):
+            MetadataCatalog.get(name).set(
+                thing_classes=["object"], evaluator_type="openworld", json_file=json_file,
+                image_root=files.train_images if split == "train" else files.val_images,
+                known_classes=list(files.known_classes), novel_classes=list(files.novel_classes),
+                synthetic_params=kwargs)
+
+
+def register_all(cfg=None) -> None:
+    """Register every built-in name, from ``cfg`` when given (else the defaults)."""
+    if cfg is None:
+        register_official_openworld_datasets()
+        try:  # TEMPORARY while synthetic.py is being written
+            register_synthetic_openworld()
+        except ModuleNotFoundError:
+            pass
+        return
+    d = cfg.DATASETS
+    files = {}
+    for entry in d.OPENWORLD.PROPOSAL_FILES:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"DATASETS.OPENWORLD.PROPOSAL_FILES entry '{entry}' must be "
+                             "'<dataset name>=<path>'")
+        files[name] = path
+    register_official_openworld_datasets(d.OPENWORLD.ROOT or None, d.OPENWORLD.PROPOSAL_RULE,
+                                         files)
+    s = d.SYNTHETIC
+    register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None)

@@ -1,0 +1,246 @@
+"""Open-world datasets: COCO-format JSONs with ground truth and proposals, class-agnostic.
+
+Dataset dicts are detectron2's, with two lists per image:
+
+- ``annotations``: ground truth (known classes in training), ``category_id`` 0 (one class);
+- ``pseudo_annotations``: proposals of an unsupervised discoverer (``bbox``, ``bbox_mode``,
+  ``score``, optional ``segmentation``), used by L_obj and L_sim.
+
+How ground truth is told apart from proposals, both ways are supported:
+
+1. a RULE applied to the annotations of one mixed JSON (the official training files
+   ``vCLR_*_top*.json`` hold both):
+   - ``"field:<key>"``: proposals are annotations whose ``<key>`` is present and truthy
+     (default ``field:is_proposal``, what ``tools/merge_proposals.py --mix-out`` writes);
+   - ``"has:<key>"``: proposals are annotations that have ``<key>`` at all (e.g. ``has:score``);
+   - ``"category:<id>[,<id>...]"``: proposals are annotations of these category ids;
+   - ``"none"``: every annotation is ground truth.
+   With a file that carries no marker, every annotation counts as ground truth, which is what
+   the official code does (it merges both into one target set).
+2. a SEPARATE proposals file (COCO format with ``images``/``annotations``, or a COCO results
+   list), matched to the images by ``image_id``; ``tools/merge_proposals.py --out`` writes one.
+
+Metadata: ``thing_classes = ["object"]``, ``evaluator_type = "openworld"``, ``json_file``,
+``image_root`` (and ``proposals_file``). Registration never reads files; loading a dataset
+whose files are absent raises ``FileNotFoundError`` naming the dataset and the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+__all__ = [
+    "OFFICIAL_OPENWORLD_DATASETS",
+    "datasets_root",
+    "load_openworld_json",
+    "load_proposals_file",
+    "parse_proposal_rule",
+    "register_openworld_dataset",
+    "register_official_openworld_datasets",
+]
+
+logger = logging.getLogger(__name__)
+
+# name -> (image folder, json file), relative to $DETECTRON2_DATASETS, as the official project
+# lays them out (JSONs at the root, COCO images under coco/). Training sets mix ground truth and
+# proposals; evaluation sets hold the novel-class ground truth only.
+OFFICIAL_OPENWORLD_DATASETS: dict[str, tuple[str, str]] = {
+    # VOC -> Non-VOC: COCO train2017 with ground truth of the 20 VOC classes + top-10 proposals.
+    "openworld_voc_classes_train2017": ("coco/train2017", "vCLR_voc_train2017_top10.json"),
+    "openworld_nonvoc_classes_val2017": (
+        "coco/val2017", "openworld_instances_nonvoc_val2017_insseg.json"),
+    # COCO -> LVIS: all 80 COCO classes + top-5 proposals; LVIS classes not in COCO.
+    "openworld_coco_classes_train2017": ("coco/train2017", "vCLR_coco_train2017_top5.json"),
+    "openworld_LVIS_noncoco_val2017": ("coco", "openworld_lvis_noncoco_val_correct.json"),
+    # Cross-dataset evaluation.
+    "openworld_uvo_nonvoc_val2017": ("uvo_videos_dense_frames", "uvo_nonvoc_val_rle.json"),
+    "openworld_objects365_noncoco_val2017": (
+        "object365_val", "openworld_objects365_noncoco_val.json"),
+}
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS``, default ``datasets`` (detectron2's convention)."""
+    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+def parse_proposal_rule(rule: str) -> Callable[[dict], bool]:
+    """A predicate ``is_proposal(annotation)`` from a rule string (see the module doc)."""
+    kind, _, arg = rule.partition(":")
+    if kind == "none" and not arg:
+        return lambda a: False
+    if kind == "field" and arg:
+        return lambda a: bool(a.get(arg, False))
+    if kind == "has" and arg:
+        return lambda a: arg in a
+    if kind == "category" and arg:
+        try:
+            ids = {int(x) for x in arg.split(",")}
+        except ValueError:
+            raise ValueError(f"proposal rule '{rule}': category ids must be integers") from None
+        return lambda a: a.get("category_id") in ids
+    raise ValueError(f"unknown proposal rule '{rule}'; use 'field:<key>', 'has:<key>', "
+                     "'category:<id>[,<id>...]' or 'none'")
+
+
+def _read_json(path: str, what: str, dataset_name: str | None):
+    if not os.path.isfile(path):
+        name = f"dataset '{dataset_name}': " if dataset_name else ""
+        raise FileNotFoundError(f"{name}{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def _check_coco_dataset(data, path: str) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a COCO dict with 'images' and 'annotations', got "
+                         f"{type(data).__name__}")
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{path}: missing or malformed key '{key}' (a list is required)")
+
+
+def _annotation_record(ann: dict, path: str) -> dict:
+    """A detectron2 annotation dict (XYWH_ABS box) from a COCO annotation."""
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+        raise ValueError(f"{path}: annotation id {ann.get('id')} of image {ann.get('image_id')} "
+                         f"has no valid 'bbox' (got {bbox!r})")
+    rec = {"bbox": [float(x) for x in bbox], "bbox_mode": BoxMode.XYWH_ABS,
+           "category_id": 0, "iscrowd": int(ann.get("iscrowd", 0))}
+    for key in ("id", "score", "area"):
+        if key in ann:
+            rec[key] = ann[key]
+    if "original_category_id" not in rec and "category_id" in ann:
+        rec["original_category_id"] = ann["category_id"]
+    segm = ann.get("segmentation")
+    if isinstance(segm, list):
+        polys = [p for p in segm if len(p) % 2 == 0 and len(p) >= 6]
+        if polys:
+            rec["segmentation"] = polys
+    elif isinstance(segm, dict):
+        if isinstance(segm.get("counts"), list):  # uncompressed RLE -> compressed
+            import pycocotools.mask as mask_util
+
+            segm = mask_util.frPyObjects(segm, *segm["size"])
+        rec["segmentation"] = segm
+    return rec
+
+
+def load_proposals_file(path: str, dataset_name: str | None = None) -> dict[int, list[dict]]:
+    """Proposals per image id, from a COCO dataset JSON or a COCO results list."""
+    data = _read_json(path, "proposals file", dataset_name)
+    anns = data.get("annotations") if isinstance(data, dict) else data
+    if not isinstance(anns, list):
+        raise ValueError(f"{path}: expected a COCO results list or a dict with 'annotations'")
+    out: dict[int, list[dict]] = defaultdict(list)
+    for a in anns:
+        if "image_id" not in a:
+            raise ValueError(f"{path}: a proposal has no 'image_id': {str(a)[:200]}")
+        out[a["image_id"]].append(_annotation_record(a, path))
+    return out
+
+
+def load_openworld_json(
+    json_file: str,
+    image_root: str,
+    dataset_name: str | None = None,
+    proposals_file: str | None = None,
+    proposal_rule: str = "field:is_proposal",
+) -> list[dict]:
+    """Dataset dicts of a COCO-format JSON, split into ground truth and proposals.
+
+    Args:
+        json_file: COCO instances JSON (ground truth, possibly mixed with proposals).
+        image_root: folder that ``file_name`` of the images is relative to.
+        dataset_name: used in error messages.
+        proposals_file: optional separate proposals file (see ``load_proposals_file``).
+        proposal_rule: how proposals inside ``json_file`` are recognised (module doc).
+    """
+    is_proposal = parse_proposal_rule(proposal_rule)
+    data = _read_json(json_file, "annotation file", dataset_name)
+    _check_coco_dataset(data, json_file)
+    per_image: dict[int, list[dict]] = defaultdict(list)
+    for a in data["annotations"]:
+        if "image_id" not in a:
+            raise ValueError(f"{json_file}: annotation id {a.get('id')} has no 'image_id'")
+        per_image[a["image_id"]].append(a)
+    extra = load_proposals_file(proposals_file, dataset_name) if proposals_file else {}
+
+    dicts, num_gt, num_prop = [], 0, 0
+    for img in data["images"]:
+        try:
+            rec = {"file_name": os.path.join(image_root, img["file_name"]),
+                   "height": int(img["height"]), "width": int(img["width"]),
+                   "image_id": img["id"]}
+        except KeyError as e:
+            raise ValueError(f"{json_file}: image entry {str(img)[:200]} lacks key {e}") from None
+        gt, props = [], []
+        for a in per_image.get(img["id"], ()):
+            if a.get("ignore", 0):
+                continue
+            (props if is_proposal(a) else gt).append(_annotation_record(a, json_file))
+        props.extend(extra.get(img["id"], ()))
+        rec["annotations"], rec["pseudo_annotations"] = gt, props
+        num_gt, num_prop = num_gt + len(gt), num_prop + len(props)
+        dicts.append(rec)
+    unknown = set(extra) - {img["id"] for img in data["images"]}
+    if unknown:
+        logger.warning(f"{proposals_file}: {len(unknown)} image ids not in {json_file} ignored")
+    logger.info(f"Loaded {len(dicts)} images, {num_gt} ground-truth and {num_prop} proposal "
+                f"annotations from {json_file}" + (f" + {proposals_file}" if extra else ""))
+    return dicts
+
+
+def register_openworld_dataset(
+    name: str,
+    json_file: str,
+    image_root: str,
+    proposals_file: str | None = None,
+    proposal_rule: str = "field:is_proposal",
+    **metadata,
+) -> None:
+    """Register (or re-register) a class-agnostic open-world dataset; reads no file."""
+    parse_proposal_rule(proposal_rule)  # fail early on a bad rule
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_openworld_json(
+        json_file, image_root, name, proposals_file, proposal_rule))
+    meta = {"thing_classes": ["object"], "evaluator_type": "openworld", "json_file": json_file,
+            "image_root": image_root}
+    if proposals_file:
+        meta["proposals_file"] = proposals_file
+    meta.update(metadata)
+    with contextlib.redirect_stdout(io.StringIO()):
+        MetadataCatalog.get(name).set(**meta)
+
+
+def register_official_openworld_datasets(
+    root: str | None = None,
+    proposal_rule: str = "field:is_proposal",
+    proposal_files: dict[str, str] | None = None,
+) -> None:
+    """Register every official open-world name under ``root`` (``$DETECTRON2_DATASETS``)."""
+    root = datasets_root() if root is None else root
+    proposal_files = proposal_files or {}
+    unknown = set(proposal_files) - set(OFFICIAL_OPENWORLD_DATASETS)
+    if unknown:
+        raise ValueError(f"proposal files given for unknown datasets {sorted(unknown)}; known: "
+                         f"{sorted(OFFICIAL_OPENWORLD_DATASETS)}")
+    for name, (images, json_file) in OFFICIAL_OPENWORLD_DATASETS.items():
+        register_openworld_dataset(
+            name, os.path.join(root, json_file), os.path.join(root, images),
+            proposals_file=proposal_files.get(name), proposal_rule=proposal_rule)

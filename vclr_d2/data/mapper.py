@@ -1,0 +1,276 @@
+"""``VCLRDatasetMapper``: one view per image, the natural image, ground truth and proposals.
+
+For each training image the mapper
+
+1. reads the natural image and samples ONE view name (``INPUT.VIEWS.NAMES`` with
+   ``INPUT.VIEWS.PROBS``), reading that view's file (for ``"natural"`` the image itself);
+2. samples ONE set of geometric transforms (optional random crop with ``INPUT.CROP.PROB``, then
+   resize of the shortest edge and flip) and applies it to the view, the natural image, the
+   ground truth (``annotations``) and the proposals (``pseudo_annotations``);
+3. returns ``image`` (the student's view, uint8 CHW), ``image_natural`` (the teacher's input),
+   ``instances`` (class-agnostic ground truth: ``gt_boxes``, ``gt_classes`` = 0, ``gt_masks``),
+   ``proposals`` (pseudo instances: ``gt_boxes``, ``scores`` and ``gt_masks`` when every
+   proposal of the image has a segmentation), ``view`` (the name) and ``view_fallback``.
+
+Where a view's file lives: for a natural image ``<parent>/<split>/<stem>.<ext>`` the view
+``(name, folder, ext)`` is ``<parent>/<folder>/<stem><ext>`` with ``{split}`` in ``folder``
+replaced by ``<split>`` (the official layout: ``coco/train2017/x.jpg`` ->
+``coco/train2017_depth_cmap/x.png``). ``INPUT.VIEWS.ROOT`` replaces ``<parent>``; an absolute
+folder is used as is. ``$DETECTRON2_DATASETS`` in either is expanded (default ``datasets``).
+
+A missing view file raises ``FileNotFoundError`` naming the path, unless
+``INPUT.VIEWS.FALLBACK_TO_NATURAL`` is on: then the natural image is shown, the output carries
+``view_fallback=True`` and the model logs the count per iteration (``vclr/view_fallbacks``).
+
+At test time detectron2's ``DatasetMapper`` serves; this mapper is for training.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, BoxMode, Instances
+
+__all__ = ["ViewSpec", "VCLRDatasetMapper", "build_geometric_augmentation", "view_path"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """A student view: its name, the folder pattern of its files and their extension."""
+
+    name: str
+    folder: str = ""
+    ext: str = ""
+
+    @property
+    def is_natural(self) -> bool:
+        return self.name == "natural"
+
+
+def _expand_datasets_root(path: str) -> str:
+    root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+    return path.replace("${DETECTRON2_DATASETS}", root).replace("$DETECTRON2_DATASETS", root)
+
+
+def view_path(natural_file: str, view: ViewSpec, root: str = "") -> str:
+    """Path of ``view``'s file for the natural image ``natural_file`` (see the module doc)."""
+    if view.is_natural:
+        return natural_file
+    split_dir, fname = os.path.split(natural_file)
+    parent, split = os.path.split(split_dir)
+    folder = _expand_datasets_root(view.folder.replace("{split}", split))
+    if not os.path.isabs(folder):
+        folder = os.path.join(_expand_datasets_root(root) if root else parent, folder)
+    return os.path.join(folder, os.path.splitext(fname)[0] + view.ext)
+
+
+def build_geometric_augmentation(cfg, is_train: bool) -> list[T.Augmentation]:
+    """Resize + flip from detectron2's config keys, with a crop of probability
+    ``INPUT.CROP.PROB`` first when ``INPUT.CROP.ENABLED`` (training only)."""
+    augs = utils.build_augmentation(cfg, is_train)
+    if is_train and cfg.INPUT.CROP.ENABLED:
+        prob = float(cfg.INPUT.CROP.PROB)
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"INPUT.CROP.PROB must be in [0, 1], got {prob}")
+        crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
+        if prob > 0:
+            augs.insert(0, crop if prob == 1.0 else T.RandomApply(crop, prob=prob))
+    return augs
+
+
+def _check_views(views: list[ViewSpec], probs: list[float]) -> np.ndarray:
+    if not views:
+        raise ValueError("INPUT.VIEWS.NAMES is empty: give at least one view, e.g. ['natural']")
+    if len(probs) != len(views):
+        raise ValueError(f"INPUT.VIEWS.PROBS has {len(probs)} values for {len(views)} views "
+                         f"{[v.name for v in views]}")
+    p = np.asarray(probs, dtype=np.float64)
+    if not np.all(np.isfinite(p)) or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"INPUT.VIEWS.PROBS must be non-negative with a positive sum, got {probs}")
+    names = [v.name for v in views]
+    if len(set(names)) != len(names):
+        raise ValueError(f"INPUT.VIEWS.NAMES has duplicates: {names}")
+    for v in views:
+        if not v.is_natural and not v.folder:
+            raise ValueError(f"INPUT.VIEWS.DIRS is empty for view '{v.name}'; only 'natural' "
+                             "may have no folder")
+    return p / p.sum()
+
+
+class VCLRDatasetMapper:
+    """Training mapper of v-CLR; see the module docstring for inputs and outputs."""
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: list[T.Augmentation | T.Transform],
+        image_format: str,
+        views: list[ViewSpec],
+        view_probs: list[float],
+        view_root: str = "",
+        fallback_to_natural: bool = False,
+        use_instance_mask: bool = True,
+        instance_mask_format: str = "bitmask",
+        load_proposals: bool = True,
+        recompute_boxes: bool = False,
+    ):
+        """
+        Args:
+            augmentations: geometric augmentations, sampled once per image for all its inputs.
+            image_format: detectron2 image format of every image read (e.g. "RGB").
+            views: the views the student can be shown; ``view_probs``: their probabilities.
+            view_root: replaces the natural folder's parent when locating view files.
+            fallback_to_natural: show the natural image (and flag it) when a view is missing.
+            use_instance_mask: output ``gt_masks`` for ground truth and proposals.
+            instance_mask_format: "bitmask" (polygons and RLE) or "polygon" (polygons only).
+            load_proposals: output ``proposals`` from the dicts' ``pseudo_annotations``.
+            recompute_boxes: after a crop, ground-truth boxes = tight boxes of the cut masks.
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.views = list(views)
+        self.view_probs = _check_views(self.views, view_probs)
+        self.view_root = view_root
+        self.fallback_to_natural = fallback_to_natural
+        self.use_instance_mask = use_instance_mask
+        if instance_mask_format not in ("bitmask", "polygon"):
+            raise ValueError(f"INPUT.MASK_FORMAT must be 'bitmask' or 'polygon', got "
+                             f"'{instance_mask_format}'")
+        self.instance_mask_format = instance_mask_format
+        self.load_proposals = load_proposals
+        self.recompute_boxes = recompute_boxes and use_instance_mask
+        # Per-process counters (each dataloader worker has its own copy).
+        self.view_counts = {v.name: 0 for v in self.views}
+        self.num_fallbacks = 0
+        probs = [(v.name, round(float(p), 4)) for v, p in zip(self.views, self.view_probs)]
+        logger.info(f"[VCLRDatasetMapper] augmentations: {augmentations}; views: {probs}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        v = cfg.INPUT.VIEWS
+        n = len(v.NAMES)
+        for key in ("DIRS", "EXTS"):
+            if len(v[key]) != n:
+                raise ValueError(f"INPUT.VIEWS.{key} has {len(v[key])} entries for {n} views "
+                                 f"{list(v.NAMES)}")
+        views = [ViewSpec(name, folder, ext) for name, folder, ext in zip(v.NAMES, v.DIRS, v.EXTS)]
+        crop_masks = cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.PROB > 0
+        return {
+            "is_train": is_train,
+            "augmentations": build_geometric_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "views": views,
+            "view_probs": list(v.PROBS),
+            "view_root": v.ROOT,
+            "fallback_to_natural": v.FALLBACK_TO_NATURAL,
+            "use_instance_mask": cfg.MODEL.MASK_ON,
+            "instance_mask_format": cfg.INPUT.MASK_FORMAT,
+            "load_proposals": cfg.INPUT.LOAD_PROPOSALS,
+            "recompute_boxes": crop_masks,
+        }
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, path: str, what: str) -> np.ndarray:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} file not found: {path}")
+        try:
+            image = utils.read_image(path, format=self.image_format)
+        except Exception as e:  # PIL raises several types for empty/corrupt files
+            raise OSError(f"cannot read {what} file {path}: {e}") from e
+        if image.size == 0:
+            raise OSError(f"{what} file {path} is an empty image")
+        return image
+
+    def sample_view(self) -> ViewSpec:
+        return self.views[int(np.random.choice(len(self.views), p=self.view_probs))]
+
+    def read_view(self, dataset_dict: dict, natural: np.ndarray) -> tuple[np.ndarray, str, bool]:
+        """The sampled view's image, its name and whether the natural image replaced it."""
+        view = self.sample_view()
+        self.view_counts[view.name] += 1
+        if view.is_natural:
+            return natural, view.name, False
+        path = view_path(dataset_dict["file_name"], view, self.view_root)
+        if not os.path.isfile(path) and self.fallback_to_natural:
+            self.num_fallbacks += 1
+            if self.num_fallbacks <= 5 or self.num_fallbacks % 1000 == 0:
+                logger.warning(f"view '{view.name}' missing: {path}; showing the natural image "
+                               f"({self.num_fallbacks} fallbacks in this worker so far)")
+            return natural, view.name, True
+        image = self._read(path, f"view '{view.name}'")
+        if image.shape != natural.shape:
+            raise ValueError(f"view '{view.name}' file {path} has shape {image.shape}, but the "
+                             f"natural image {dataset_dict['file_name']} has {natural.shape}; "
+                             "views must have the natural image's resolution")
+        return image, view.name, False
+
+    # ------------------------------------------------------------------ targets
+    def _to_instances(self, annos: list[dict], transforms, image_shape, orig_shape, *,
+                      proposals: bool) -> Instances:
+        annos = [copy.copy(a) for a in annos]
+        if self.instance_mask_format == "bitmask":
+            # Polygons -> RLE at the original size: transforms then move a pixel mask (nearest
+            # interpolation), which is exact and needs no polygon clipping (shapely) for crops.
+            for a in annos:
+                if isinstance(a.get("segmentation"), list):
+                    rles = mask_util.frPyObjects(a["segmentation"], *orig_shape)
+                    a["segmentation"] = mask_util.merge(rles)
+        annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
+        with_masks = self.use_instance_mask and annos and all("segmentation" in a for a in annos)
+        if not with_masks:
+            for a in annos:
+                a.pop("segmentation", None)
+        inst = utils.annotations_to_instances(annos, image_shape,
+                                              mask_format=self.instance_mask_format)
+        inst.gt_classes = torch.zeros(len(inst), dtype=torch.int64)  # class-agnostic
+        if proposals:
+            inst.scores = torch.tensor([float(a.get("score", 1.0)) for a in annos],
+                                       dtype=torch.float32)
+        if not len(inst):
+            inst.gt_boxes = Boxes(torch.zeros(0, 4))
+        if self.recompute_boxes and inst.has("gt_masks") and len(inst):
+            inst.gt_boxes = inst.gt_masks.get_bounding_boxes()
+        return utils.filter_empty_instances(inst)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = dict(dataset_dict)  # shallow: annotations are copied when transformed
+        natural = self._read(dataset_dict["file_name"], "image")
+        utils.check_image_size(dataset_dict, natural)
+        view_image, view_name, fallback = self.read_view(dataset_dict, natural)
+
+        aug_input = T.AugInput(natural)
+        transforms = self.augmentations(aug_input)
+        natural_t = aug_input.image
+        view_t = natural_t if view_image is natural else transforms.apply_image(view_image)
+        image_shape = natural_t.shape[:2]
+
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(view_t.transpose(2, 0, 1)))
+        dataset_dict["image_natural"] = torch.as_tensor(
+            np.ascontiguousarray(natural_t.transpose(2, 0, 1)))
+        dataset_dict["view"] = view_name
+        dataset_dict["view_fallback"] = fallback
+
+        annos = [a for a in dataset_dict.pop("annotations", []) if a.get("iscrowd", 0) == 0]
+        orig_shape = natural.shape[:2]
+        dataset_dict["instances"] = self._to_instances(annos, transforms, image_shape,
+                                                       orig_shape, proposals=False)
+        pseudo = dataset_dict.pop("pseudo_annotations", None)
+        if self.load_proposals and pseudo is not None:
+            pseudo = [dict(a, bbox_mode=a.get("bbox_mode", BoxMode.XYWH_ABS)) for a in pseudo]
+            dataset_dict["proposals"] = self._to_instances(pseudo, transforms, image_shape,
+                                                           orig_shape, proposals=True)
+        return dataset_dict

@@ -1,0 +1,33 @@
+"""``setup_cfg``: the config of a training or evaluation run, from command-line arguments."""
+
+from __future__ import annotations
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_setup
+
+from vclr_d2.config import add_vclr_config
+from vclr_d2.data.datasets import register_all
+
+__all__ = ["get_vclr_cfg", "setup_cfg"]
+
+
+def get_vclr_cfg(config_file: str | None = None, opts: list[str] | None = None):
+    """detectron2's defaults + the v-CLR keys, merged with a file and ``KEY VALUE`` pairs."""
+    cfg = get_cfg()
+    add_vclr_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def setup_cfg(args, *, setup_logging: bool = True):
+    """Frozen config from ``args.config_file`` and ``args.opts``; datasets re-registered with
+    the config's dataset keys; detectron2's ``default_setup`` (logging, output dir, seed)."""
+    cfg = get_vclr_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    register_all(cfg)
+    if setup_logging:
+        default_setup(cfg, args)
+    return cfg
