@@ -25,5 +25,9 @@ setup(
         "opencv-python",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={
+        "dev": ["pytest", "ruff", "transformers"],
+        # tools/generate_views.py: depth from a local Hugging Face depth-estimation folder
+        "views": ["transformers"],
+    },
 )
