@@ -1,1 +1,52 @@
-"""Open-world (class-agnostic) average-recall evaluation."""
+"""Open-world (class-agnostic) average-recall evaluation.
+
+- ``OpenWorldEvaluator``: detectron2 evaluator of AR@k / AR per size / AP, box and mask, with
+  an optional seen/unseen split (``evaluator.py``);
+- ``OpenWorldRecall`` / ``evaluate_recall``: the vectorised engine, equal to pycocotools'
+  ``COCOeval`` with ``useCats = 0`` (``recall.py``);
+- ``build_evaluator``: the evaluator for a dataset, by its metadata ``evaluator_type``.
+"""
+
+from detectron2.data import MetadataCatalog
+
+from .evaluator import OpenWorldEvaluator
+from .ground_truth import CocoGroundTruth
+from .recall import Detections, EvalArrays, OpenWorldRecall, evaluate_recall, summarize
+
+__all__ = [
+    "CocoGroundTruth",
+    "Detections",
+    "EvalArrays",
+    "OpenWorldEvaluator",
+    "OpenWorldRecall",
+    "build_evaluator",
+    "evaluate_recall",
+    "summarize",
+]
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
+    """The evaluator of ``dataset_name``, chosen by its metadata ``evaluator_type``.
+
+    - ``"openworld"``: ``OpenWorldEvaluator`` (``bbox``, plus ``segm`` when
+      ``cfg.MODEL.MASK_ON``; k values ``cfg.TEST.OPENWORLD.MAX_DETS``; known classes
+      ``cfg.TEST.OPENWORLD.KNOWN_CLASSES``);
+    - ``"coco"``: detectron2's ``COCOEvaluator`` (pure-Python COCOeval, no compiled ops).
+
+    Raises:
+        NotImplementedError: any other (or no) ``evaluator_type``.
+    """
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    if evaluator_type == "openworld":
+        return OpenWorldEvaluator(
+            dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
+            max_dets=cfg.TEST.OPENWORLD.MAX_DETS, known_classes=cfg.TEST.OPENWORLD.KNOWN_CLASSES)
+    if evaluator_type == "coco":
+        from detectron2.evaluation import COCOEvaluator
+
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
+                             output_dir=output_folder, use_fast_impl=False)
+    raise NotImplementedError(
+        f"no evaluator for dataset {dataset_name!r} with evaluator_type {evaluator_type!r}; "
+        "vclr_d2 supports 'openworld' and 'coco'")
