@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vclr_d2.config import add_vclr_config
 from vclr_d2.data.datasets import register_all
@@ -24,10 +26,12 @@ def get_vclr_cfg(config_file: str | None = None, opts: list[str] | None = None):
 
 def setup_cfg(args, *, setup_logging: bool = True):
     """Frozen config from ``args.config_file`` and ``args.opts``; datasets re-registered with
-    the config's dataset keys; detectron2's ``default_setup`` (logging, output dir, seed)."""
+    the config's dataset keys; detectron2's ``default_setup`` (logging, output dir, seed) and
+    the ``vclr_d2`` logger."""
     cfg = get_vclr_cfg(args.config_file, args.opts)
     cfg.freeze()
     register_all(cfg)
     if setup_logging:
         default_setup(cfg, args)
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vclr_d2")
     return cfg

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from detectron2.data import build_detection_train_loader
@@ -18,6 +19,8 @@ from .hooks import EMAHook
 from .optimizer import build_optimizer
 
 __all__ = ["VCLRTrainer"]
+
+logger = logging.getLogger(__name__)
 
 
 class VCLRTrainer(DefaultTrainer):
@@ -47,4 +50,5 @@ class VCLRTrainer(DefaultTrainer):
             first = next(i for i, h in enumerate(ret)
                          if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
             ret.insert(first, EMAHook())
+        logger.info("VCLRTrainer hooks, in order: " + ", ".join(type(h).__name__ for h in ret))
         return ret

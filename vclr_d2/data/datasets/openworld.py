@@ -60,7 +60,7 @@ OFFICIAL_OPENWORLD_DATASETS: dict[str, tuple[str, str]] = {
         "coco/val2017", "openworld_instances_nonvoc_val2017_insseg.json"),
     # COCO -> LVIS: all 80 COCO classes + top-5 proposals; LVIS classes not in COCO.
     "openworld_coco_classes_train2017": ("coco/train2017", "vCLR_coco_train2017_top5.json"),
-    "openworld_LVIS_noncoco_val2017": ("coco", "openworld_lvis_noncoco_val_correct.json"),
+    "openworld_LVIS_noncoco_val2017": ("lvis_val", "openworld_lvis_noncoco_val_correct.json"),
     # Cross-dataset evaluation.
     "openworld_uvo_nonvoc_val2017": ("uvo_videos_dense_frames", "uvo_nonvoc_val_rle.json"),
     "openworld_objects365_noncoco_val2017": (
