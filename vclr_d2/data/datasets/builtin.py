@@ -66,10 +66,7 @@ def register_all(cfg=None) -> None:
     """Register every built-in name, from ``cfg`` when given (else the defaults)."""
     if cfg is None:
         register_official_openworld_datasets()
-        try:  # TEMPORARY while synthetic.py is being written
-            register_synthetic_openworld()
-        except ModuleNotFoundError:
-            pass
+        register_synthetic_openworld()
         return
     d = cfg.DATASETS
     files = {}
