@@ -61,15 +61,17 @@ def train_and_evaluate(cfg) -> dict:
     if os.path.isfile(final):
         logger.info(f"{final} exists: evaluating it (delete it to train again)")
         model = VCLRTrainer.build_model(cfg)
+        DetectionCheckpointer(model).load(final)
+        results = VCLRTrainer.test(cfg, model)
     else:
         trainer = VCLRTrainer(cfg)
         trainer.resume_or_load(resume=False)
         start = time.perf_counter()
         trainer.train()
-        logger.info(f"trained in {time.perf_counter() - start:.0f} s")
+        logger.info(f"trained and evaluated in {time.perf_counter() - start:.0f} s")
         model = trainer.model
-    DetectionCheckpointer(model).load(final)
-    results = VCLRTrainer.test(cfg, model)
+        # EvalHook evaluated the teacher after the last iteration (DefaultTrainer keeps it)
+        results = getattr(trainer, "_last_eval_results", None) or VCLRTrainer.test(cfg, model)
     return {k: dict(v) for k, v in results.items()}, model
 
 
