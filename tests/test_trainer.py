@@ -63,3 +63,29 @@ def test_train_net_trains_checkpoints_and_eval_only_reproduces_the_teacher_resul
         got = results[dataset][task][key]
         assert (math.isnan(got) and math.isnan(value)) or abs(got - value) < 1e-6, name
     assert not math.isnan(final["synth_openworld_val_novel/bbox/AR@100"])
+
+    # tools/eval_views.py: the natural "view" is the standard evaluation, exactly; the depth
+    # view's images are the depth files; a missing view file stops with its path
+    views_json = tmp_path / "views.json"
+    tool = [sys.executable, str(ROOT / "tools" / "eval_views.py"), "--config-file",
+            str(ROOT / "configs/synthetic/vclr.yaml"), "--weights",
+            str(out_dir / "model_final.pth")]
+    # (--views takes several values: another option closes it before the config overrides)
+    out = subprocess.run([*tool, "--views", "natural", "depth", "--output", str(views_json),
+                          *TINY], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    by_view = json.loads(views_json.read_text())
+    assert sorted(by_view) == sorted(f"{d}@{v}" for d in results for v in ("natural", "depth"))
+    for dataset, res in results.items():
+        for task in ("bbox", "segm"):
+            for key, value in res[task].items():
+                got = by_view[f"{dataset}@natural"][task][key]
+                assert (math.isnan(got) and math.isnan(value)) or abs(got - value) < 1e-6
+        assert set(by_view[f"{dataset}@depth"]["bbox"]) == set(res["bbox"])
+    out = subprocess.run([*tool, "--views", "depth", "--output", str(views_json), *TINY,
+                          "INPUT.VIEWS.DIRS",
+                          "['', '{split}_nodepth', '{split}_style']"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert "val_nodepth" in out.stderr and "no such file" in out.stderr

@@ -50,5 +50,6 @@ class VCLRTrainer(DefaultTrainer):
             first = next(i for i, h in enumerate(ret)
                          if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
             ret.insert(first, EMAHook())
-        logger.info("VCLRTrainer hooks, in order: " + ", ".join(type(h).__name__ for h in ret))
+        logger.info("VCLRTrainer hooks, in order: "
+                    + ", ".join(type(h).__name__ for h in ret if h is not None))
         return ret
