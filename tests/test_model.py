@@ -184,6 +184,42 @@ def test_inference_output_format(model_cfg, with_teacher):
     assert (inst.scores.max() > 0.5) == with_teacher
 
 
+def test_pasted_masks_are_the_same_windowed_and_whole_image():
+    # a direct reference: resample every mask on the whole output image, keep the pixels whose
+    # centre is inside the box (box_mask), threshold, and average the kept probabilities
+    import torch.nn.functional as F
+
+    from vclr_d2.modeling.criterion import box_mask
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 12, 16, generator=g) * 3  # stride 8 over a padded 96 x 128 input
+    size, out_size = (90, 120), (180, 200)  # unpadded input, then resized output
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([200.0, 180.0])
+    wh = torch.rand(40, 2, generator=g) * 80
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[0] = torch.tensor([50.2, 60.7, 50.4, 60.9])  # smaller than a pixel: one pixel
+    boxes[1] = torch.tensor([150.0, 100.0, 260.0, 300.0])  # past the image's corner
+    boxes[2] = torch.tensor([10.0, 10.0, 10.0, 10.0])  # empty box: still the pixel of its centre
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, 200)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, 180)
+    gx = (torch.arange(200) + 0.5) * (120 / 200) * 2 / (8 * 16) - 1
+    gy = (torch.arange(180) + 0.5) * (90 / 180) * 2 / (8 * 12) - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+    probs = F.grid_sample(logits[None], grid, mode="bilinear", padding_mode="border",
+                          align_corners=False)[0].sigmoid() * box_mask(boxes, out_size, 1)
+    ref = probs > 0.5
+    ref_maskness = (probs * ref).flatten(1).sum(1) / ref.flatten(1).sum(1).clamp(min=1)
+    assert ref[0].sum() <= 1 and ref.any(dim=(1, 2)).sum() > 20  # the case is not trivial
+    for windowed in (True, False):
+        masks, maskness = VCLR.paste_masks(logits, 8, size, out_size, boxes, 0.5,
+                                           windowed=windowed, chunk=16)
+        assert masks.dtype == torch.bool and masks.shape == (40, 180, 200)
+        assert torch.equal(masks, ref), windowed
+        assert torch.allclose(maskness, ref_maskness, atol=1e-6), windowed
+    masks, maskness = VCLR.paste_masks(logits[:0], 8, size, out_size, boxes[:0], 0.5)
+    assert masks.shape == (0, 180, 200) and maskness.shape == (0,)
+
+
 def test_dice_loss_values():
     logits = torch.tensor([[20.0, 20.0, -20.0, -20.0]])
     target = torch.tensor([[1.0, 1.0, 0.0, 0.0]])

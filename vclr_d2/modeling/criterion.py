@@ -71,11 +71,10 @@ def similarity_loss(q_student: torch.Tensor, q_teacher: torch.Tensor) -> torch.T
     return 1 - F.cosine_similarity(q_student, q_teacher.detach(), dim=-1)
 
 
-def box_mask(boxes: torch.Tensor, size: tuple[int, int], stride: int) -> torch.Tensor:
-    """(P, H, W) float: 1 where the centre of a stride-``stride`` cell lies inside the box.
-
-    A box smaller than a cell still covers the cell holding its centre.
-    """
+def box_cells(boxes: torch.Tensor, size: tuple[int, int], stride: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (P, H) and columns (P, W) of a stride-``stride`` grid whose cell centre lies inside
+    each box; a box smaller than a cell still covers the cell holding its centre."""
     h, w = size
     ys = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     xs = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
@@ -84,8 +83,13 @@ def box_mask(boxes: torch.Tensor, size: tuple[int, int], stride: int) -> torch.T
     x1 = torch.maximum(boxes[:, 2], cx + stride / 2)[:, None]
     y0 = torch.minimum(boxes[:, 1], cy - stride / 2)[:, None]
     y1 = torch.maximum(boxes[:, 3], cy + stride / 2)[:, None]
-    in_x = (xs[None] >= x0) & (xs[None] < x1)
-    in_y = (ys[None] >= y0) & (ys[None] < y1)
+    return (ys[None] >= y0) & (ys[None] < y1), (xs[None] >= x0) & (xs[None] < x1)
+
+
+def box_mask(boxes: torch.Tensor, size: tuple[int, int], stride: int) -> torch.Tensor:
+    """(P, H, W) float: 1 where the centre of a stride-``stride`` cell lies inside the box
+    (see ``box_cells``)."""
+    in_y, in_x = box_cells(boxes, size, stride)
     return (in_y[:, :, None] & in_x[:, None, :]).to(boxes.dtype)
 
 

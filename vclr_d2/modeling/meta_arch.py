@@ -32,7 +32,7 @@ from torch import nn
 from torchvision.ops import box_iou, nms
 
 from .augment import StudentAugmentation
-from .criterion import Targets, VCLRCriterion, box_mask
+from .criterion import Targets, VCLRCriterion, box_cells
 from .head import HeadOutputs, VCLRHead
 from .matcher import build_matcher
 
@@ -320,11 +320,9 @@ class VCLR(nn.Module):
         boxes.clip((out_h, out_w))
         result = Instances((out_h, out_w))
         if out.mask_coeffs is not None:
-            probs = self._paste_masks(head.mask_logits(out.mask_coeffs[idx],
-                                                       out.mask_features), head.mask_stride,
-                                      size, out_size, boxes.tensor)
-            fg = probs > self.mask_thresh
-            maskness = (probs * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
+            fg, maskness = self.paste_masks(
+                head.mask_logits(out.mask_coeffs[idx], out.mask_features), head.mask_stride,
+                size, out_size, boxes.tensor, self.mask_thresh)
             scores = (scores * maskness).sqrt()
             result.pred_masks = fg
         order = scores.argsort(descending=True, stable=True)
@@ -336,18 +334,28 @@ class VCLR(nn.Module):
         return result
 
     @staticmethod
-    def _paste_masks(logits: torch.Tensor, stride: int, size: tuple[int, int],
-                     out_size: tuple[int, int], boxes: torch.Tensor, chunk: int = 32
-                     ) -> torch.Tensor:
-        """Mask probabilities at the output size, zero outside each box.
+    def paste_masks(logits: torch.Tensor, stride: int, size: tuple[int, int],
+                    out_size: tuple[int, int], boxes: torch.Tensor, thresh: float,
+                    windowed: bool | None = None, chunk: int = 32
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary masks at the output size, empty outside each box, and their maskness.
+
+        The mask probability of an output pixel is the sigmoid of the mask logits resampled
+        bilinearly from the stride grid at the pixel's centre, in one step; ``pred_masks`` is
+        probability > ``thresh`` inside the box (pixel centres, see ``box_cells``); maskness is
+        the mean probability over the mask's pixels (0 for an empty mask).
 
         Args:
             logits: (P, Hm, Wm) mask logits of the padded input at ``stride``.
             size: (h, w) of the unpadded input; out_size: (H, W) wanted.
             boxes: (P, 4) boxes in output coordinates.
+            windowed: resample only each box's window, one mask at a time (less work: the
+                boxes' area instead of P x H x W; the default on the CPU), or whole images in
+                chunks of ``chunk`` masks (fewer, larger kernels: the default on a GPU). Both
+                give the same masks.
 
         Returns:
-            (P, H, W) probabilities (bilinear from the stride grid, in one resampling step).
+            (P, H, W) bool masks and (P,) maskness.
         """
         (h, w), (out_h, out_w) = size, out_size
         hm, wm = logits.shape[-2:]
@@ -355,11 +363,39 @@ class VCLR(nn.Module):
         # output pixel centre -> input pixel -> normalised feature coordinate (align_corners=0)
         gx = (torch.arange(out_w, device=dev) + 0.5) * (w / out_w) * 2 / (stride * wm) - 1
         gy = (torch.arange(out_h, device=dev) + 0.5) * (h / out_h) * 2 / (stride * hm) - 1
-        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
-        probs = torch.empty(len(logits), out_h, out_w, device=dev)
+        masks = torch.zeros(len(logits), out_h, out_w, dtype=torch.bool, device=dev)
+        maskness = torch.zeros(len(logits), device=dev)
+        if not len(logits):
+            return masks, maskness
+        in_y, in_x = box_cells(boxes.float(), (out_h, out_w), 1)
+
+        def sample(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+            return F.grid_sample(x[None].float(), grid, mode="bilinear",
+                                 padding_mode="border", align_corners=False)[0].sigmoid()
+
+        if windowed if windowed is not None else dev.type == "cpu":
+            # the inside of a box is a rectangle of rows x columns: its first and last ones
+            rows = torch.arange(out_h, device=dev)
+            cols = torch.arange(out_w, device=dev)
+            big = torch.iinfo(torch.int64).max
+            y0 = torch.where(in_y, rows, big).amin(1).tolist()
+            y1 = (torch.where(in_y, rows, -1).amax(1) + 1).tolist()
+            x0 = torch.where(in_x, cols, big).amin(1).tolist()
+            x1 = (torch.where(in_x, cols, -1).amax(1) + 1).tolist()
+            for i in range(len(logits)):
+                if y1[i] <= y0[i] or x1[i] <= x0[i]:
+                    continue
+                p = sample(logits[i:i + 1], gy[y0[i]:y1[i]], gx[x0[i]:x1[i]])[0]
+                fg = p > thresh
+                masks[i, y0[i]:y1[i], x0[i]:x1[i]] = fg
+                maskness[i] = (p * fg).sum() / fg.sum().clamp(min=1)
+            return masks, maskness
         for s in range(0, len(logits), chunk):
-            part = F.grid_sample(logits[None, s:s + chunk].float(), grid, mode="bilinear",
-                                 padding_mode="border", align_corners=False)[0]
-            inside = box_mask(boxes[s:s + chunk].float(), (out_h, out_w), 1)
-            probs[s:s + chunk] = part.sigmoid() * inside
-        return probs
+            inside = in_y[s:s + chunk, :, None] & in_x[s:s + chunk, None, :]
+            p = sample(logits[s:s + chunk], gy, gx)
+            fg = (p > thresh) & inside
+            masks[s:s + chunk] = fg
+            maskness[s:s + chunk] = ((p * fg).flatten(1).sum(1)
+                                     / fg.flatten(1).sum(1).clamp(min=1))
+        return masks, maskness
