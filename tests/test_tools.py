@@ -496,3 +496,38 @@ def test_views_cli(image_dir, tmp_path):
     assert r.returncode == 0 and "edges: 0 written, 3 existing skipped" in r.stdout
     r = _cli("generate_views", "--images", tmp_path / "missing", "--views", "edges")
     assert r.returncode == 1 and "missing" in r.stderr
+
+
+# ----------------------------------------------------------------------------- embedding_stats
+
+
+def test_embedding_similarity_stats_exact_values():
+    stats = _tool("embedding_stats").similarity_stats
+    # orthonormal embeddings: distinct locations have cosine 0; centred (minus 1/4 of the
+    # all-ones vector) their cosine is -1/3; the mean of the 4 unit vectors has norm 1/2
+    q = [torch.eye(4)]
+    s = stats(q, [torch.tensor([0.1, 0.4, 0.3, 0.2])], pairs=1000, top=4)
+    assert s["locations"] == 4
+    assert abs(s["random_pair_cos"]) < 1e-12 and abs(s["top_pair_cos"]) < 1e-12
+    assert abs(s["mean_direction_norm"] - 0.5) < 1e-12
+    assert abs(s["centred_random_pair_cos"] + 1 / 3) < 1e-12
+    assert abs(s["centred_top_pair_cos"] + 1 / 3) < 1e-12
+    # parallel embeddings of different lengths: every cosine 1, mean direction of norm 1
+    s = stats([torch.tensor([[1.0, 2.0], [3.0, 6.0]]), torch.tensor([[0.5, 1.0]])],
+              [torch.zeros(2), torch.zeros(1)], pairs=50, top=2)
+    assert abs(s["random_pair_cos"] - 1) < 1e-12 and abs(s["mean_direction_norm"] - 1) < 1e-12
+    assert abs(s["top_pair_cos"] - 1) < 1e-12  # the 1-location image is left out of top pairs
+    # top pairs are taken among the highest objectness: the two equal high-objectness rows
+    q = [torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])]
+    s = stats(q, [torch.tensor([5.0, 4.0, -1.0, -2.0])], pairs=2000, top=2)
+    assert abs(s["top_pair_cos"] - 1) < 1e-12
+    # 6 ordered pairs of distinct locations, one of them parallel: random pairs average 1/6
+    assert abs(s["random_pair_cos"] - 1 / 6) < 0.03
+
+
+def test_embedding_similarity_stats_rejects_bad_input():
+    stats = _tool("embedding_stats").similarity_stats
+    with pytest.raises(ValueError, match="one entry per location"):
+        stats([torch.eye(3)], [torch.zeros(2)], pairs=10, top=2)
+    with pytest.raises(ValueError, match="at least 2 locations"):
+        stats([torch.eye(1)], [torch.zeros(1)], pairs=10, top=2)

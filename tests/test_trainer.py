@@ -89,3 +89,17 @@ def test_train_net_trains_checkpoints_and_eval_only_reproduces_the_teacher_resul
                          capture_output=True, text=True, timeout=600)
     assert out.returncode != 0
     assert "val_nodepth" in out.stderr and "no such file" in out.stderr
+
+    # tools/embedding_stats.py on the trained teacher: 2 test images of 64 px, levels p3-p5
+    # (8x8 + 4x4 + 2x2 = 84 locations each)
+    stats_json = tmp_path / "stats.json"
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "embedding_stats.py"),
+                          *tool[2:], "--images", "2", "--pairs", "100", "--top", "5",
+                          "--output", str(stats_json), *TINY], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    stats = json.loads(stats_json.read_text())
+    assert stats["locations"] == 168 and stats["images"] == 2 and stats["weights"] == "teacher"
+    assert stats["dataset"] == "synth_openworld_val_novel"
+    assert all(-1 <= stats[k] <= 1 for k in ("random_pair_cos", "top_pair_cos"))
+    assert 0 <= stats["mean_direction_norm"] <= 1
