@@ -122,6 +122,35 @@ def test_sim_loss_gradient_reaches_only_the_student(model_cfg):
     assert model.head.objectness.weight.grad is None
 
 
+def test_centred_sim_loss_ignores_a_shared_direction(model_cfg):
+    from types import SimpleNamespace
+
+    from vclr_d2.modeling.criterion import VCLRCriterion
+
+    # every location = a large shared vector (5, 5, 5, 5) + a one-hot part; the student's
+    # one-hot parts are those of the next location, i.e. wrong for every pair
+    eye = torch.eye(4)
+    teacher = SimpleNamespace(embeddings=(5 + eye)[None])
+    student = SimpleNamespace(embeddings=(5 + eye.roll(-1, dims=0))[None].requires_grad_())
+    matches = [(torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    plain = VCLRCriterion(model_cfg)
+    model_cfg.MODEL.VCLR_LOSS.SIM_CENTER = True
+    centred = VCLRCriterion(model_cfg)
+    assert not plain.sim_center and centred.sim_center
+    # plain: cos = 110 / 111 although the informative parts disagree
+    assert plain.sim_loss(student, teacher, matches, matches, [2]).item() == pytest.approx(
+        1 / 111, abs=1e-6)
+    # centred on the mean (5.25 everywhere): cos(e_j+1 - 1/4, e_j - 1/4) = -1/3
+    loss = centred.sim_loss(student, teacher, matches, matches, [2])
+    assert loss.item() == pytest.approx(4 / 3, abs=1e-6)
+    loss.backward()
+    assert student.embeddings.grad.abs().sum() > 0
+    # identical branches still give zero
+    same = SimpleNamespace(embeddings=teacher.embeddings.clone())
+    assert centred.sim_loss(same, teacher, matches, matches, [2]).item() == pytest.approx(
+        0.0, abs=1e-6)
+
+
 def test_baseline_runs_no_teacher_and_has_no_sim_loss(model_cfg):
     model_cfg.MODEL.VCLR.SIM_ON = False
     model = build_model(model_cfg).train()

@@ -104,6 +104,10 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_LOSS.OBJ_WEIGHT = 1.0
     # lambda_sim: weight of L_sim = mean(1 - cos(q_S, sg(q_T))).
     cfg.MODEL.VCLR_LOSS.SIM_WEIGHT = 1.0
+    # Centre q_S and q_T on their batch mean over all locations (no gradient through the mean)
+    # before the cosine of L_sim, so that a direction shared by every location cannot satisfy
+    # it. Not in the paper (False = the paper's loss); see docs/demo.md.
+    cfg.MODEL.VCLR_LOSS.SIM_CENTER = False
     # lambda_match: multiplies (lambda_obj * L_obj + lambda_sim * L_sim).
     cfg.MODEL.VCLR_LOSS.MATCH_WEIGHT = 1.0
 

@@ -122,6 +122,7 @@ class VCLRCriterion:
         gt_weight: float = 1.0,
         obj_weight: float = 1.0,
         sim_weight: float = 1.0,
+        sim_center: bool = False,
         match_weight: float = 1.0,
         quality: str = "none",
         mask_loss_stride: int = 4,
@@ -134,6 +135,7 @@ class VCLRCriterion:
         self.focal_gamma = focal_gamma
         self.term_weight = {"gt": gt_weight, "obj": match_weight * obj_weight}
         self.sim_weight = match_weight * sim_weight
+        self.sim_center = sim_center
         self.quality = quality
         self.mask_loss_stride = mask_loss_stride
         self.max_masks_per_image = max_masks_per_image
@@ -153,6 +155,7 @@ class VCLRCriterion:
             "gt_weight": lo.GT_WEIGHT,
             "obj_weight": lo.OBJ_WEIGHT,
             "sim_weight": lo.SIM_WEIGHT,
+            "sim_center": lo.SIM_CENTER,
             "match_weight": lo.MATCH_WEIGHT,
             "quality": cfg.MODEL.VCLR_HEAD.QUALITY,
             "mask_loss_stride": cfg.MODEL.VCLR_HEAD.MASK_LOSS_STRIDE,
@@ -286,21 +289,30 @@ class VCLRCriterion:
         teacher_matches: list[tuple[torch.Tensor, torch.Tensor]],
         num_targets: list[int],
     ) -> torch.Tensor:
-        """Weighted L_sim over student locations whose target the teacher also matched."""
+        """Weighted L_sim over student locations whose target the teacher also matched.
+
+        With ``sim_center``, each branch's embeddings are first centred on their mean over all
+        locations of the batch (a constant, no gradient), so that a component shared by every
+        location cannot make the cosine high by itself.
+        """
+        emb_s, emb_t = student.embeddings.float(), teacher.embeddings.float()
+        if self.sim_center:
+            emb_s = emb_s - emb_s.detach().mean(dim=(0, 1))
+            emb_t = emb_t - emb_t.mean(dim=(0, 1))
         terms = []
         for i, ((s_idx, s_tgt), (t_idx, t_tgt), k) in enumerate(
             zip(student_matches, teacher_matches, num_targets)
         ):
             if len(s_idx) == 0 or len(t_idx) == 0:
                 continue
-            q_t = F.normalize(teacher.embeddings[i, t_idx].float(), dim=-1)
+            q_t = F.normalize(emb_t[i, t_idx], dim=-1)
             mean_t = torch.zeros(k, q_t.shape[1], device=q_t.device, dtype=q_t.dtype)
             mean_t.index_add_(0, t_tgt, q_t)
             has_t = torch.zeros(k, dtype=torch.bool, device=q_t.device)
             has_t[t_tgt] = True
             keep = has_t[s_tgt]
             if keep.any():
-                q_s = student.embeddings[i, s_idx[keep]].float()
+                q_s = emb_s[i, s_idx[keep]]
                 terms.append(similarity_loss(q_s, mean_t[s_tgt[keep]]))
         zero = student.embeddings.sum() * 0
         if not terms:
