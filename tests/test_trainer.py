@@ -103,3 +103,7 @@ def test_train_net_trains_checkpoints_and_eval_only_reproduces_the_teacher_resul
     assert stats["dataset"] == "synth_openworld_val_novel"
     assert all(-1 <= stats[k] <= 1 for k in ("random_pair_cos", "top_pair_cos"))
     assert 0 <= stats["mean_direction_norm"] <= 1
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "embedding_stats.py"),
+                          *tool[2:], *TINY, "DATASETS.TEST", "()"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "DATASETS.TEST is empty" in out.stderr

@@ -8,7 +8,7 @@ L_sim = mean(1 - cos(q_student, q_teacher)) can only pull the student's natural-
 features towards the view features if q tells locations apart. This tool runs the model
 (teacher weights unless ``MODEL.VCLR.TEST_WITH_TEACHER False``) on the first ``--images``
 natural images of the first ``DATASETS.TEST`` set and prints, over all locations of all FPN
-levels:
+levels (of the padded input, as the head sees it):
 
 - ``random_pair_cos``: the mean cosine between q at ``--pairs`` random pairs of locations;
 - ``top_pair_cos``: the same among the ``--top`` locations of highest objectness per image;
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from vclr_d2.engine import VCLRTrainer, get_vclr_cfg
 
     cfg = get_vclr_cfg(args.config_file, args.opts)
+    if not cfg.DATASETS.TEST:
+        parser.error("DATASETS.TEST is empty: name the test set to read images from")
     register_all(cfg)
     model = VCLRTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(args.weights)

@@ -374,7 +374,9 @@ class VCLR(nn.Module):
             return F.grid_sample(x[None].float(), grid, mode="bilinear",
                                  padding_mode="border", align_corners=False)[0].sigmoid()
 
-        if windowed if windowed is not None else dev.type == "cpu":
+        if windowed is None:
+            windowed = dev.type == "cpu"
+        if windowed:
             # the inside of a box is a rectangle of rows x columns: its first and last ones
             rows = torch.arange(out_h, device=dev)
             cols = torch.arange(out_w, device=dev)
