@@ -39,16 +39,20 @@ def test_head_output_shapes(model_cfg):
     assert (out.boxes[..., :2] <= loc + 1e-5).all() and (out.boxes[..., 2:] >= loc - 1e-5).all()
 
 
-def test_losses_are_finite_and_reach_every_trainable_parameter(model_cfg):
+@pytest.mark.parametrize("score_loss", ["joint", "split"])
+def test_losses_are_finite_and_reach_every_trainable_parameter(model_cfg, score_loss):
     model_cfg.MODEL.VCLR_HEAD.QUALITY = "centerness"
+    model_cfg.MODEL.VCLR_LOSS.SCORE_LOSS = score_loss
     model = build_model(model_cfg).train()
     image, masks = scene()
     batch = [training_input(image, masks, proposals=[(0, 0, 30, 30), (10, 12, 50, 41)]),
              training_input(scene(1)[0], masks[:0], boxes=[])]
     losses = model(batch)
-    assert set(losses) == {f"loss_{t}_{k}" for t in ("gt", "obj")
-                           for k in ("score", "box_l1", "giou", "dice", "mask")} | {
-        "loss_sim", "loss_quality"}
+    terms = ("box_l1", "giou", "dice", "mask") if score_loss == "joint" else (
+        "score", "box_l1", "giou", "dice", "mask")
+    expected = {f"loss_{t}_{k}" for t in ("gt", "obj") for k in terms}
+    expected |= {"loss_sim", "loss_quality"} | ({"loss_score"} if score_loss == "joint" else set())
+    assert set(losses) == expected
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     missing = [n for n, p in _student_params(model).items() if p.grad is None]
@@ -56,14 +60,53 @@ def test_losses_are_finite_and_reach_every_trainable_parameter(model_cfg):
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("teacher."))
 
 
-def test_images_without_any_target_give_zero_connected_losses(model_cfg):
+@pytest.mark.parametrize("score_loss", ["joint", "split"])
+def test_images_without_any_target_give_connected_losses(model_cfg, score_loss):
+    model_cfg.MODEL.VCLR_LOSS.SCORE_LOSS = score_loss
     model = build_model(model_cfg).train()
     image = scene()[0]
     batch = [training_input(image, np.zeros((0, 128, 128), bool), boxes=[], proposals=[])] * 2
     losses = model(batch)
+    # the joint focal loss still pushes every location to background (normalised by 1, as
+    # the official loss clamps its number of targets); everything else is an exact zero
+    background = losses.pop("loss_score", None)
+    assert (background is not None and background.item() > 0) == (score_loss == "joint")
     assert {k: v.item() for k, v in losses.items()} == {k: 0.0 for k in losses}
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in _student_params(model).values())
+
+
+def test_joint_score_loss_counts_background_once_and_weights_positives_by_term(model_cfg):
+    from types import SimpleNamespace
+
+    from torchvision.ops import sigmoid_focal_loss
+
+    from vclr_d2.modeling.criterion import Targets, VCLRCriterion
+
+    model_cfg.MODEL.VCLR_LOSS.GT_WEIGHT = 2.0
+    model_cfg.MODEL.VCLR_LOSS.OBJ_WEIGHT = 0.5
+    model_cfg.MODEL.VCLR_LOSS.MATCH_WEIGHT = 3.0
+    logits = torch.linspace(-3, 3, 10)[None]
+    out = SimpleNamespace(objectness=logits, boxes=torch.tensor([[0.0, 0, 8, 8]]).expand(1, 10, 4),
+                          embeddings=torch.zeros(1, 10, 2), mask_coeffs=None, quality=None)
+    t = Targets(boxes=torch.tensor([[0.0, 0, 8, 8]] * 2), is_gt=torch.tensor([True, False]),
+                masks=None, has_mask=torch.tensor([False, False]))
+    matches = [(torch.tensor([2, 7]), torch.tensor([0, 1]))]
+    label = torch.zeros(1, 10)
+    label[0, [2, 7]] = 1
+    focal = sigmoid_focal_loss(logits, label, alpha=0.25, gamma=2.0, reduction="none")[0]
+    background = focal.sum() - focal[2] - focal[7]
+    joint = VCLRCriterion(model_cfg).detection_losses(out, [t], matches, [(8, 8)], None)
+    # location 2 matched to ground truth (lambda_gt 2), 7 to a proposal (3 * 0.5), 2 positives
+    expected = 4.0 * (background + 2.0 * focal[2] + 1.5 * focal[7]) / 2
+    assert joint["loss_score"].item() == pytest.approx(expected.item(), rel=1e-5)
+    model_cfg.MODEL.VCLR_LOSS.SCORE_LOSS = "split"
+    split = VCLRCriterion(model_cfg).detection_losses(out, [t], matches, [(8, 8)], None)
+    # the first release: each term has its own focal loss over all background locations
+    assert split["loss_gt_score"].item() == pytest.approx(
+        (2.0 * 4.0 * (background + focal[2]) / 1).item(), rel=1e-5)
+    assert split["loss_obj_score"].item() == pytest.approx(
+        (1.5 * 4.0 * (background + focal[7]) / 1).item(), rel=1e-5)
 
 
 def test_proposals_duplicating_ground_truth_are_dropped(model_cfg):
@@ -308,3 +351,58 @@ def test_box_decoding_is_distances_times_stride_around_each_location(model_cfg):
                           loc + torch.tensor([3.0, 0.5]) * stride], dim=1)
     torch.testing.assert_close(out.boxes[0], expected)
     assert out.boxes[0, 0].tolist() == [4 - 8, 4 - 16, 4 + 24, 4 + 4]
+
+
+@pytest.mark.parametrize("embed_norm", ["LN", "none"])
+def test_predictors_read_the_embedding_q_as_configured(model_cfg, embed_norm):
+    import torch.nn.functional as F
+
+    model_cfg.MODEL.VCLR_HEAD.EMBED_NORM = embed_norm
+    head = build_model(model_cfg).head
+    feats = {f"p{i}": torch.randn(2, 64, 2 ** (7 - i), 2 ** (7 - i)) for i in (3, 4, 5)}
+    out = head(feats)
+    q = out.embeddings  # (N, R, D)
+    read = q if embed_norm == "LN" else F.relu(q)
+    # objectness and mask coefficients are 1x1 convs of what the predictors read
+    obj = read @ head.objectness.weight[:, :, 0, 0].T + head.objectness.bias
+    coeff = read @ head.mask_coeff.weight[:, :, 0, 0].T + head.mask_coeff.bias
+    torch.testing.assert_close(out.objectness, obj[..., 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.mask_coeffs, coeff, atol=1e-5, rtol=1e-5)
+    if embed_norm == "LN":  # layer-normalised per location (unit affine at init)
+        torch.testing.assert_close(q.mean(-1), torch.zeros(q.shape[:2]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(q.var(-1, unbiased=False), torch.ones(q.shape[:2]),
+                                   atol=1e-3, rtol=0)
+    else:
+        assert (q < 0).any()  # raw, before the ReLU the predictors apply
+
+
+@pytest.mark.parametrize("rescore", ["before_nms", "after_nms", "none"])
+def test_mask_rescoring_before_nms_changes_which_box_is_kept(model_cfg, rescore):
+    from types import SimpleNamespace
+
+    from vclr_d2.modeling.head import HeadOutputs
+
+    model_cfg.MODEL.VCLR.MASK_RESCORE = rescore
+    model = build_model(model_cfg)
+    # two locations with almost the same box: A has the higher objectness but a weak mask
+    # (probability 0.525 inside its box), B a slightly lower objectness and a confident mask
+    boxes = torch.tensor([[8.0, 8, 40, 40], [8.0, 8, 40, 41]])
+    objectness = torch.logit(torch.tensor([0.9, 0.8]))
+    coeffs = torch.tensor([[0.1], [5.0]])
+    out = HeadOutputs(objectness=objectness, boxes=boxes, embeddings=torch.zeros(2, 4),
+                      mask_coeffs=coeffs, quality=None, mask_features=torch.ones(1, 8, 8),
+                      locations=torch.zeros(2, 2), strides=torch.full((2,), 8.0),
+                      level_sizes=[2])
+    head = SimpleNamespace(mask_stride=8,
+                           mask_logits=lambda c, f: torch.einsum("pm,mhw->phw", c, f))
+    inst = model._inference_single(out, head, (64, 64), (64, 64))
+    assert len(inst) == 1  # IoU 0.97: NMS keeps one
+    kept_b = inst.pred_boxes.tensor[0, 3].item() == 41
+    p_a, p_b = torch.sigmoid(torch.tensor(0.1)).item(), torch.sigmoid(torch.tensor(5.0)).item()
+    if rescore == "before_nms":
+        assert kept_b and inst.scores[0].item() == pytest.approx((0.8 * p_b) ** 0.5, rel=1e-5)
+    elif rescore == "after_nms":
+        assert not kept_b
+        assert inst.scores[0].item() == pytest.approx((0.9 * p_a) ** 0.5, rel=1e-4)
+    else:
+        assert not kept_b and inst.scores[0].item() == pytest.approx(0.9, rel=1e-5)

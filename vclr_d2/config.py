@@ -56,6 +56,10 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_HEAD.PRIOR_PROB = 0.01
     # Dimension D of the object embedding q used by L_sim.
     cfg.MODEL.VCLR_HEAD.EMBED_DIM = 256
+    # "LN": q is layer-normalised over channels and the predictors read it linearly (the
+    # official v-CLR: L_sim on the LayerNorm'd query the heads read); "none": raw q, the
+    # predictors read ReLU(q) (the first release).
+    cfg.MODEL.VCLR_HEAD.EMBED_NORM = "LN"
     # Quality branch: "none", "iou" or "centerness"; multiplies the objectness at inference.
     cfg.MODEL.VCLR_HEAD.QUALITY = "none"
     # Mask coefficients per location (= channels of the stride-8 mask feature map).
@@ -98,6 +102,16 @@ def _add_head_config(cfg: CN) -> None:
     # Focal loss on objectness: alpha, gamma.
     cfg.MODEL.VCLR_LOSS.FOCAL_ALPHA = 0.25
     cfg.MODEL.VCLR_LOSS.FOCAL_GAMMA = 2.0
+    # Objectness loss: "joint" = one focal loss over all locations (the official code),
+    # positives weighted by lambda_gt / lambda_match * lambda_obj, normalised by the number of
+    # positive locations; "split" = one focal term in L_gt and one in L_obj, each over all
+    # background locations (the first release: background counted twice).
+    cfg.MODEL.VCLR_LOSS.SCORE_LOSS = "joint"
+    # Objectness target of a positive location: "binary" (1, focal loss; the official) or
+    # "iou" (the IoU of its predicted box with its target, quality focal loss of GFL with
+    # beta = FOCAL_GAMMA): scores then rank boxes by localisation quality, which decides the
+    # box NMS keeps when a dense head predicts many boxes per object.
+    cfg.MODEL.VCLR_LOSS.SCORE_TARGET = "binary"
     # lambda_gt: weight of L_gt (student matched to ground truth).
     cfg.MODEL.VCLR_LOSS.GT_WEIGHT = 1.0
     # lambda_obj: weight of L_obj (student matched to proposals).
@@ -143,6 +157,11 @@ def _add_vclr_model_config(cfg: CN) -> None:
     cfg.MODEL.VCLR.SCORE_THRESH = 0.0
     # Threshold on the mask probability that makes the binary pred_masks.
     cfg.MODEL.VCLR.MASK_THRESH = 0.5
+    # When masks rescore detections, score = sqrt(objectness * maskness): "before_nms" rescores
+    # every candidate before NMS and the cut to TEST.DETECTIONS_PER_IMAGE (the official order);
+    # "after_nms" only the kept ones (the first release); "none" keeps objectness. Maskness is
+    # measured inside the predicted box, where the mask loss trains the masks.
+    cfg.MODEL.VCLR.MASK_RESCORE = "before_nms"
 
 
 def _add_input_config(cfg: CN) -> None:

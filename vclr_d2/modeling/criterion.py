@@ -5,13 +5,18 @@ Shape shorthand:
     D: embedding dim   Hl, Wl: mask-loss map size (padded input / mask-loss stride)
 
 Targets of an image are ground truth (``is_gt``) and proposals, matched together once, so a
-location is positive for at most one target. L_gt is computed on locations matched to ground
-truth, L_obj on locations matched to proposals; in each term's objectness focal loss the other
-term's positives are ignored rather than counted as background. Each term is normalised by its
-number of positives in the batch and is zero (but graph-connected) when the batch has none:
+location is positive for at most one target. L_gt's box and mask terms are computed on locations
+matched to ground truth, L_obj's on locations matched to proposals, each normalised by its number
+of positives in the batch and zero (but graph-connected) when the batch has none. Objectness is
+supervised by one focal loss over every location (``score_loss="joint"``, the official code):
+positives weighted by their term's lambda, background once, normalised by the number of positive
+locations (= the number of matched targets under one-to-one matching, the official normaliser).
+``score_loss="split"`` (the first release) gives L_gt and L_obj a focal term each, over all
+background locations, each ignoring the other's positives:
 
-    L_x   = w_score * focal + w_l1 * L1 + w_giou * GIoU + w_dice * dice + w_mask * BCE
+    L_x   = w_l1 * L1 + w_giou * GIoU + w_dice * dice + w_mask * BCE   (+ w_score * focal, split)
     L     = lambda_match * (lambda_obj * L_obj + lambda_sim * L_sim) + lambda_gt * L_gt
+            (+ w_score * focal over all locations, joint)
     L_sim = mean over student positives of 1 - cos(q_S, sg(q_T)),
 
 where q_T is the normalised mean embedding of the teacher locations matched to the same target.
@@ -29,7 +34,7 @@ from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_los
 
 from .head import HeadOutputs
 
-__all__ = ["Targets", "VCLRCriterion", "dice_loss", "similarity_loss"]
+__all__ = ["Targets", "VCLRCriterion", "dice_loss", "quality_focal_loss", "similarity_loss"]
 
 
 @dataclass
@@ -64,6 +69,16 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     p = logits.sigmoid() * weights
     t = targets * weights
     return 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+
+
+def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float = 2.0
+                       ) -> torch.Tensor:
+    """Elementwise quality focal loss (GFL): ``BCE(sigmoid(x), y) * |y - sigmoid(x)| ** beta``
+    with soft targets ``y`` in [0, 1] (the IoU of a positive's box, 0 for background); its
+    minimum is at ``sigmoid(x) = y``."""
+    p = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return bce * (targets - p).abs().pow(beta)
 
 
 def similarity_loss(q_student: torch.Tensor, q_teacher: torch.Tensor) -> torch.Tensor:
@@ -119,6 +134,8 @@ class VCLRCriterion:
         quality_weight: float = 1.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        score_loss: str = "joint",
+        score_target: str = "binary",
         gt_weight: float = 1.0,
         obj_weight: float = 1.0,
         sim_weight: float = 1.0,
@@ -128,6 +145,12 @@ class VCLRCriterion:
         mask_loss_stride: int = 4,
         max_masks_per_image: int = 64,
     ):
+        if score_loss not in ("joint", "split"):
+            raise ValueError(f"MODEL.VCLR_LOSS.SCORE_LOSS={score_loss!r}: use joint or split")
+        self.score_loss = score_loss
+        if score_target not in ("binary", "iou"):
+            raise ValueError(f"MODEL.VCLR_LOSS.SCORE_TARGET={score_target!r}: use binary or iou")
+        self.score_target = score_target
         self.w = {"score": score_weight, "box_l1": box_l1_weight, "giou": giou_weight,
                   "dice": dice_weight, "mask": mask_weight}
         self.quality_weight = quality_weight
@@ -152,6 +175,8 @@ class VCLRCriterion:
             "quality_weight": lo.QUALITY_WEIGHT,
             "focal_alpha": lo.FOCAL_ALPHA,
             "focal_gamma": lo.FOCAL_GAMMA,
+            "score_loss": lo.SCORE_LOSS,
+            "score_target": lo.SCORE_TARGET,
             "gt_weight": lo.GT_WEIGHT,
             "obj_weight": lo.OBJ_WEIGHT,
             "sim_weight": lo.SIM_WEIGHT,
@@ -185,14 +210,18 @@ class VCLRCriterion:
         if out.quality is not None:
             zero = zero + out.quality.sum() * 0
 
-        # labels: 1 positive, 0 background, -1 positive of the other term (ignored)
-        src = torch.full_like(out.objectness, -1, dtype=torch.int64)  # -1 bg, 0 gt, 1 proposal
+        # per location: -1 background, 0 matched to ground truth, 1 matched to a proposal
+        src = torch.full_like(out.objectness, -1, dtype=torch.int64)
         for i, ((pred_idx, tgt_idx), t) in enumerate(zip(matches, targets)):
             src[i, pred_idx] = torch.where(t.is_gt[tgt_idx], 0, 1)
-        focal = sigmoid_focal_loss(
-            out.objectness, (src >= 0).to(out.objectness.dtype), alpha=self.focal_alpha,
-            gamma=self.focal_gamma, reduction="none",
-        )
+        if self.score_target == "binary":
+            focal = sigmoid_focal_loss(
+                out.objectness, (src >= 0).to(out.objectness.dtype), alpha=self.focal_alpha,
+                gamma=self.focal_gamma, reduction="none",
+            )
+        else:
+            focal = quality_focal_loss(out.objectness, self._iou_targets(out, targets, matches),
+                                       beta=self.focal_gamma)
 
         pos = {"gt": [], "obj": []}  # per image: (pred_idx, tgt_idx) of that term
         for (pred_idx, tgt_idx), t in zip(matches, targets):
@@ -201,29 +230,51 @@ class VCLRCriterion:
             pos["obj"].append((pred_idx[~gt], tgt_idx[~gt]))
 
         losses = {}
+        if self.score_loss == "joint":
+            # one focal loss over every location; positives weighted by their term's lambda
+            w_loc = torch.ones_like(focal)
+            w_loc[src == 0] = self.term_weight["gt"]
+            w_loc[src == 1] = self.term_weight["obj"]
+            num_pos = max(int((src >= 0).sum()), 1)
+            losses["loss_score"] = self.w["score"] * (focal * w_loc).sum() / num_pos
         for term, code in (("gt", 0), ("obj", 1)):
             num = sum(len(p) for p, _ in pos[term])
             keys = [f"loss_{term}_{k}" for k in ("score", "box_l1", "giou", "dice", "mask")]
+            if self.score_loss == "joint":
+                keys = keys[1:]
             if num == 0:
                 losses.update({k: zero for k in keys})
                 continue
             weight = self.term_weight[term]
-            considered = (src == code) | (src == -1)
-            losses[keys[0]] = weight * self.w["score"] * (focal * considered).sum() / num
+            if self.score_loss == "split":
+                # each term's focal loss ignores the other term's positives
+                considered = (src == code) | (src == -1)
+                losses[keys.pop(0)] = weight * self.w["score"] * (focal * considered).sum() / num
             l1, giou = self._box_losses(out, targets, pos[term], image_sizes)
-            losses[keys[1]] = weight * self.w["box_l1"] * l1 / num + zero
-            losses[keys[2]] = weight * self.w["giou"] * giou / num + zero
+            losses[keys[0]] = weight * self.w["box_l1"] * l1 / num + zero
+            losses[keys[1]] = weight * self.w["giou"] * giou / num + zero
             if out.mask_coeffs is None:
                 continue
             dice, bce, num_masks = self._mask_losses(out, targets, pos[term], mask_logits_fn)
             n = max(num_masks, 1)
-            losses[keys[3]] = weight * self.w["dice"] * dice / n + zero
-            losses[keys[4]] = weight * self.w["mask"] * bce / n + zero
+            losses[keys[2]] = weight * self.w["dice"] * dice / n + zero
+            losses[keys[3]] = weight * self.w["mask"] * bce / n + zero
         if out.mask_coeffs is None:
             losses = {k: v for k, v in losses.items() if not k.endswith(("_dice", "_mask"))}
         if out.quality is not None:
             losses["loss_quality"] = self._quality_loss(out, targets, matches, zero)
         return losses
+
+    @staticmethod
+    def _iou_targets(out, targets, matches) -> torch.Tensor:
+        """(N, R) objectness targets: IoU of each positive's (detached) box with its target,
+        0 elsewhere."""
+        y = torch.zeros_like(out.objectness)
+        for i, ((pred_idx, tgt_idx), t) in enumerate(zip(matches, targets)):
+            if len(pred_idx):
+                iou = box_iou(out.boxes[i, pred_idx].detach().float(), t.boxes[tgt_idx].float())
+                y[i, pred_idx] = iou.diagonal().to(y.dtype)
+        return y
 
     def _box_losses(self, out, targets, pos, image_sizes):
         l1 = giou = 0.0

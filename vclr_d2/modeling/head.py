@@ -13,6 +13,12 @@ optional quality logit (IoU or centerness), and a mask-coefficient vector. Becau
 prediction is read from ``q``, the similarity loss on ``q`` shapes the representation that
 objectness, boxes and masks use, and ``q`` cannot collapse to a constant without breaking them.
 
+``embed_norm="LN"`` (the official v-CLR's arrangement) layer-normalises ``q`` over its channels
+at each location and the predictors read it *linearly* (1x1 convs), like the class, box and
+mask heads of a DETR decoder read its LayerNorm'd query: L_sim then acts on exactly the tensor
+the predictions are read from. ``embed_norm="none"`` is the first release's arrangement: ``q``
+is the raw 1x1-conv output and the predictors read ``ReLU(q)``.
+
 Masks: a mask-feature branch fuses FPN levels at stride ``mask_stride`` (8 by default); the mask
 logits of a location are ``<coefficients, per-pixel mask feature>``. As in YOLACT, a mask is only
 trusted inside its box: the loss is computed inside the target box and inference zeroes the
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from timm.layers import LayerNorm2d
 from torch import nn
 
 __all__ = ["VCLRHead", "HeadOutputs", "Scale"]
@@ -135,6 +142,7 @@ class VCLRHead(nn.Module):
         norm: str = "GN",
         prior_prob: float = 0.01,
         embed_dim: int = 256,
+        embed_norm: str = "LN",
         quality: str = "none",
         mask_on: bool = True,
         mask_in_features: list[str] = ("p3", "p4", "p5"),
@@ -149,6 +157,8 @@ class VCLRHead(nn.Module):
             norm: detectron2 norm name for the towers ("GN" = GroupNorm with 32 groups).
             prior_prob: initial objectness probability.
             embed_dim: D, the object-embedding dimension.
+            embed_norm: "LN": q is layer-normalised over channels and read linearly by the
+                predictors; "none": q is unnormalised and the predictors read ReLU(q).
             quality: "none", "iou" or "centerness".
             mask_on: build the mask branch and the mask coefficients.
             mask_in_features: FPN levels fused by the mask branch, finest first.
@@ -158,6 +168,8 @@ class VCLRHead(nn.Module):
         super().__init__()
         if quality not in ("none", "iou", "centerness"):
             raise ValueError(f"MODEL.VCLR_HEAD.QUALITY={quality!r}: use none, iou or centerness")
+        if embed_norm not in ("LN", "none"):
+            raise ValueError(f"MODEL.VCLR_HEAD.EMBED_NORM={embed_norm!r}: use LN or none")
         missing = [f for f in [*in_features, *(mask_in_features if mask_on else [])]
                    if f not in input_shape]
         if missing:
@@ -177,6 +189,7 @@ class VCLRHead(nn.Module):
         self.cls_tower = _tower(in_channels, in_channels, num_convs, norm)
         self.box_tower = _tower(in_channels, in_channels, num_convs, norm)
         self.embed = Conv2d(2 * in_channels, embed_dim, 1)
+        self.embed_norm = LayerNorm2d(embed_dim) if embed_norm == "LN" else None
         self.objectness = Conv2d(embed_dim, 1, 1)
         self.box_pred = Conv2d(embed_dim, 4, 1)
         self.box_scales = nn.ModuleList(Scale() for _ in in_features)
@@ -218,6 +231,7 @@ class VCLRHead(nn.Module):
             "norm": h.NORM,
             "prior_prob": h.PRIOR_PROB,
             "embed_dim": h.EMBED_DIM,
+            "embed_norm": h.EMBED_NORM,
             "quality": h.QUALITY,
             "mask_on": cfg.MODEL.MASK_ON,
             "mask_in_features": list(h.MASK_IN_FEATURES),
@@ -242,7 +256,11 @@ class VCLRHead(nn.Module):
         for name, stride, scale in zip(self.in_features, self.strides, self.box_scales):
             x = features[name]
             q = self.embed(torch.cat([self.cls_tower(x), self.box_tower(x)], dim=1))
-            hidden = F.relu(q)
+            if self.embed_norm is not None:
+                q = self.embed_norm(q)
+                hidden = q
+            else:
+                hidden = F.relu(q)
             n, _, h, w = x.shape
             loc = self._locations(h, w, stride, x.device, x.dtype)
             ltrb = F.relu(scale(self.box_pred(hidden))) * stride

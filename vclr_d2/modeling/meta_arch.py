@@ -64,6 +64,7 @@ class VCLR(nn.Module):
         nms_thresh: float = 0.7,
         score_thresh: float = 0.0,
         mask_thresh: float = 0.5,
+        mask_rescore: str = "before_nms",
         max_detections_per_image: int = 300,
     ):
         """
@@ -82,9 +83,15 @@ class VCLR(nn.Module):
             nms_thresh: class-agnostic NMS IoU threshold at inference.
             score_thresh: minimum objectness of a candidate at inference.
             mask_thresh: probability threshold of the binary ``pred_masks``.
+            mask_rescore: "before_nms": score = sqrt(objectness * maskness) of every
+                candidate, then NMS and the cut (the official order); "after_nms": NMS and the
+                cut on objectness, then the rescoring (the first release); "none": objectness.
             max_detections_per_image: detections kept after NMS.
         """
         super().__init__()
+        if mask_rescore not in ("before_nms", "after_nms", "none"):
+            raise ValueError(f"MODEL.VCLR.MASK_RESCORE={mask_rescore!r}: use before_nms, "
+                             "after_nms or none")
         if not 0.0 <= ema_decay <= 1.0:
             raise ValueError(f"MODEL.VCLR.EMA_DECAY={ema_decay}: must be in [0, 1]")
         self.backbone = backbone
@@ -107,6 +114,7 @@ class VCLR(nn.Module):
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.mask_thresh = mask_thresh
+        self.mask_rescore = mask_rescore
         self.max_detections_per_image = max_detections_per_image
         self.register_load_state_dict_pre_hook(self._teacher_from_student_if_absent)
 
@@ -130,6 +138,7 @@ class VCLR(nn.Module):
             "nms_thresh": v.NMS_THRESH,
             "score_thresh": v.SCORE_THRESH,
             "mask_thresh": v.MASK_THRESH,
+            "mask_rescore": v.MASK_RESCORE,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
@@ -310,20 +319,30 @@ class VCLR(nn.Module):
         boxes = Boxes(out.boxes[idx].float())
         boxes.clip((h, w))
         nonempty = boxes.nonempty()
-        idx, boxes, cand_scores = idx[nonempty], boxes[nonempty], score[idx][nonempty]
-        keep = nms(boxes.tensor, cand_scores.float(), self.nms_thresh)
+        idx, boxes, cand_scores = idx[nonempty], boxes[nonempty], score[idx][nonempty].float()
+        with_masks = out.mask_coeffs is not None
+        if with_masks and self.mask_rescore == "before_nms":
+            # in chunks: all candidates' mask logits at once can be large at 800 px
+            maskness = torch.cat([
+                self.grid_maskness(head.mask_logits(out.mask_coeffs[i], out.mask_features),
+                                   b, head.mask_stride, self.mask_thresh)
+                for i, b in zip(idx.split(512), boxes.tensor.split(512))
+            ]) if len(idx) else cand_scores
+            cand_scores = (cand_scores * maskness).sqrt()
+        keep = nms(boxes.tensor, cand_scores, self.nms_thresh)
         keep = keep[: self.max_detections_per_image]
-        idx, boxes, scores = idx[keep], boxes[keep], cand_scores[keep].float()
+        idx, boxes, scores = idx[keep], boxes[keep], cand_scores[keep]
 
         out_h, out_w = out_size
         boxes.scale(out_w / w, out_h / h)
         boxes.clip((out_h, out_w))
         result = Instances((out_h, out_w))
-        if out.mask_coeffs is not None:
+        if with_masks:
             fg, maskness = self.paste_masks(
                 head.mask_logits(out.mask_coeffs[idx], out.mask_features), head.mask_stride,
                 size, out_size, boxes.tensor, self.mask_thresh)
-            scores = (scores * maskness).sqrt()
+            if self.mask_rescore == "after_nms":
+                scores = (scores * maskness).sqrt()
             result.pred_masks = fg
         order = scores.argsort(descending=True, stable=True)
         result.pred_boxes = boxes[order]
@@ -332,6 +351,23 @@ class VCLR(nn.Module):
         if result.has("pred_masks"):
             result.pred_masks = result.pred_masks[order]
         return result
+
+    @staticmethod
+    def grid_maskness(logits: torch.Tensor, boxes: torch.Tensor, stride: int, thresh: float
+                      ) -> torch.Tensor:
+        """Maskness on the mask-feature grid: the mean probability of the cells inside each box
+        whose probability exceeds ``thresh`` (0 for none).
+
+        Args:
+            logits: (P, Hm, Wm) mask logits at ``stride``; boxes: (P, 4) in input pixels.
+
+        Returns:
+            (P,) maskness.
+        """
+        in_y, in_x = box_cells(boxes, tuple(logits.shape[-2:]), stride)
+        p = logits.float().sigmoid()
+        fg = (p > thresh) & in_y[:, :, None] & in_x[:, None, :]
+        return (p * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
 
     @staticmethod
     def paste_masks(logits: torch.Tensor, stride: int, size: tuple[int, int],
