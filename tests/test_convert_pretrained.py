@@ -1,5 +1,5 @@
-"""tools/convert_pretrained.py and vclr_d2.checkpoint: pretraining checkpoints of the
-self-supervised families -> what the ResNet and ConvNeXt backbones load, exactly."""
+"""tools/convert_pretrained.py and vclr_d2.checkpoint on ResNets: torchvision-layout checkpoints
+of the self-supervised families -> the detectron2 ResNet that configs/voc_r50.yaml builds."""
 
 import argparse
 import importlib.util
@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
@@ -20,15 +19,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from vclr_d2.checkpoint import (
-    IMAGENET_PIXEL_MEAN,
-    IMAGENET_PIXEL_STD,
-    convert_convnext,
-    convert_resnet,
-    densify_sparse_convnext,
-)
+from vclr_d2.checkpoint import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, convert_resnet
 from vclr_d2.engine import get_vclr_cfg
-from vclr_d2.modeling.backbone.convnext import ConvNeXt, load_convnext_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("res2", "res3", "res4", "res5")
@@ -63,6 +55,12 @@ def tv_r50():
     return _randomise_norms(torchvision.models.resnet50(), 1)
 
 
+@pytest.fixture(scope="module")
+def tv_r18():
+    torch.manual_seed(0)
+    return _randomise_norms(torchvision.models.resnet18(), 2)
+
+
 def _tv_features(tv, x):
     y = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
     out = {}
@@ -83,8 +81,9 @@ def _d2_resnet(depth: int, weights: dict, res2_out: int = 256):
 
 
 @pytest.mark.parametrize("depth,res2_out", [(50, 256), (18, 64)])
-def test_converted_torchvision_resnet_gives_torchvision_features(tv_r50, depth, res2_out):
-    tv = tv_r50 if depth == 50 else _randomise_norms(torchvision.models.resnet18(), 2)
+def test_converted_torchvision_resnet_gives_torchvision_features(tv_r50, tv_r18, depth,
+                                                                 res2_out):
+    tv = tv_r50 if depth == 50 else tv_r18
     weights, report = convert_resnet(tv.state_dict())
     assert report.prefix == "" and report.converted == len(weights)
     assert sorted(report.dropped) == sorted(
@@ -105,7 +104,7 @@ def _wrapped(state, layout):
     def under(prefix, sd):
         return {prefix + k: v for k, v in sd.items()}
 
-    head = {"0.weight": torch.zeros(2, 2048), "2.weight": torch.zeros(3, 2)}
+    head = {"0.weight": torch.zeros(2, 512), "2.weight": torch.zeros(3, 2)}
     if layout == "torchvision":
         return state, None, ""
     if layout == "moco_v2":
@@ -131,13 +130,13 @@ def _wrapped(state, layout):
 
 
 @pytest.mark.parametrize("layout", ["torchvision", "moco_v2", "moco_v3", "dino_full", "clove"])
-def test_every_family_converts_to_the_same_trunk(tv_r50, tmp_path, layout):
-    obj, wrapper, prefix = _wrapped(tv_r50.state_dict(), layout)
+def test_every_family_converts_to_the_same_trunk(tv_r18, tmp_path, layout):
+    obj, wrapper, prefix = _wrapped(tv_r18.state_dict(), layout)
     torch.save(obj, tmp_path / "pretrained.pth")
     out = tmp_path / "out.pth"
     assert _tool().main([str(tmp_path / "pretrained.pth"), str(out)]) == 0
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
-    expected, _ = convert_resnet(tv_r50.state_dict())
+    expected, _ = convert_resnet(tv_r18.state_dict())
     assert sorted(ckpt["model"]) == sorted("backbone.bottom_up." + k for k in expected)
     for k, v in expected.items():
         assert torch.equal(ckpt["model"]["backbone.bottom_up." + k], v), k
@@ -250,9 +249,9 @@ def test_resnet_fpn_has_the_layout_of_detectron2s_retinanet_backbone():
     assert coco.DATASETS.TEST == ("openworld_LVIS_noncoco_val2017",)
 
 
-def test_unknown_layout_is_refused_naming_the_keys(tv_r50, tmp_path, capsys):
-    sd = dict(tv_r50.state_dict())
-    sd["layer2.0.se.fc1.weight"] = torch.zeros(8, 512)
+def test_unknown_layout_is_refused_naming_the_keys(tv_r18, tmp_path, capsys):
+    sd = dict(tv_r18.state_dict())
+    sd["layer2.0.se.fc1.weight"] = torch.zeros(8, 128)
     sd["layer4.1.attn.qkv.weight"] = torch.zeros(3, 3)
     out = tmp_path / "out.pth"
     assert _tool().main([_save(sd, tmp_path / "se.pth"), str(out)]) == 1
@@ -283,24 +282,24 @@ def test_prefix_choice(tv_r50):
         convert_resnet(sd, prefix="c.")
 
 
-def test_pickled_objects_need_trust_and_key_selects_the_branch(tv_r50, tmp_path, capsys):
-    obj = {"student": {"module.backbone." + k: v for k, v in tv_r50.state_dict().items()},
-           "teacher": {"module.backbone." + k: v * 0 for k, v in tv_r50.state_dict().items()},
+def test_pickled_objects_need_trust_and_key_selects_the_branch(tv_r18, tmp_path, capsys):
+    obj = {"student": {"module.backbone." + k: v for k, v in tv_r18.state_dict().items()},
+           "teacher": {"module.backbone." + k: v * 0 for k, v in tv_r18.state_dict().items()},
            "args": argparse.Namespace(arch="resnet50")}
     src, out = _save(obj, tmp_path / "dino_full.pth"), tmp_path / "out.pth"
     assert _tool().main([src, str(out)]) == 1
     assert "--trust-pickle" in capsys.readouterr().err
     assert _tool().main([src, str(out), "--trust-pickle", "--key", "student"]) == 0
     printed = capsys.readouterr().out
-    assert "['student'], backbone prefix 'module.backbone.': 265 tensors" in printed
+    assert "['student'], backbone prefix 'module.backbone.': 100 tensors" in printed
     w = torch.load(out, weights_only=True)["model"]["backbone.bottom_up.stem.conv1.weight"]
-    assert torch.equal(w, tv_r50.conv1.weight)  # the student's, not the zeroed teacher's
+    assert torch.equal(w, tv_r18.conv1.weight)  # the student's, not the zeroed teacher's
     assert _tool().main([src, str(out), "--trust-pickle", "--key", "ema"]) == 1
     assert "has no entry 'ema'" in capsys.readouterr().err
 
 
-def test_detectron2_layout_pkl_is_reprefixed(tv_r50, tmp_path):
-    converted, _ = convert_resnet(tv_r50.state_dict())
+def test_detectron2_layout_pkl_is_reprefixed(tv_r18, tmp_path):
+    converted, _ = convert_resnet(tv_r18.state_dict())
     with open(tmp_path / "dino_RN50_pretrain_d2_format.pkl", "wb") as f:
         pickle.dump({"model": {k: v.numpy() for k, v in converted.items()},
                      "__author__": "torchvision", "matching_heuristics": True}, f)
@@ -309,113 +308,3 @@ def test_detectron2_layout_pkl_is_reprefixed(tv_r50, tmp_path):
     model = torch.load(out, weights_only=True)["model"]
     assert sorted(model) == sorted("backbone.bottom_up." + k for k in converted)
     assert all(torch.equal(model["backbone.bottom_up." + k], v) for k, v in converted.items())
-
-
-# --------------------------------------------------------------------------- ConvNeXt
-def _random_convnext(name: str, seed: int):
-    torch.manual_seed(seed)
-    model = timm.create_model(name, num_classes=0).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # GRN and layer scale start at 0 / 1e-6: make them count
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-def _official(timm_sd: dict) -> dict:
-    """timm names -> the official ConvNeXt / ConvNeXt V2 repository's dense names."""
-    out = {}
-    for k, v in timm_sd.items():
-        if k.startswith("head."):  # the final norm: not in FCMAE encoders, added where needed
-            continue
-        k = k.replace("stem.", "downsample_layers.0.")
-        parts = k.split(".")
-        if parts[0] == "stages" and parts[2] == "downsample":
-            k = ".".join(["downsample_layers", parts[1], *parts[3:]])
-        elif parts[0] == "stages":
-            rest = ".".join(parts[4:])
-            rest = (rest.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
-                    .replace("mlp.grn.weight", "grn.gamma").replace("mlp.grn.bias", "grn.beta"))
-            k = f"stages.{parts[1]}.{parts[3]}.{rest}"
-            if "pwconv" in k and k.endswith("weight"):
-                v = v.reshape(v.shape[:2])  # Linear layers in the official code
-            if "grn" in k:
-                v = v.reshape(1, 1, 1, -1)
-        out[k] = v
-    return out
-
-
-def _fcmae(official: dict) -> dict:
-    """Official dense names -> FCMAE's sparse (MinkowskiEngine) encoder, plus decoder keys."""
-    out = {"mask_token": torch.zeros(1, 512, 1, 1), "proj.weight": torch.zeros(512, 320, 1, 1),
-           "decoder.0.dwconv.weight": torch.zeros(512, 1, 7, 7), "pred.bias": torch.zeros(48)}
-    for k, v in official.items():
-        parts = k.split(".")
-        sparse_conv = ((parts[0] == "downsample_layers" and parts[1] != "0" and parts[2] == "1")
-                       or "dwconv" in k)
-        if sparse_conv and k.endswith("weight"):
-            c_out, c_in, kh, kw = v.shape
-            # kernel offset i = column * k + row
-            v = v.permute(3, 2, 1, 0).reshape(kh * kw, c_in, c_out)
-            if "dwconv" in k:
-                v = v[:, 0, :]
-            k = k[: -len("weight")] + "kernel"
-        elif sparse_conv:
-            v = v.reshape(1, -1)
-        elif parts[0] == "downsample_layers" and parts[1] != "0":
-            k = ".".join([*parts[:3], "ln", parts[3]])
-        elif parts[-2] == "norm" and parts[0] == "stages":
-            k = ".".join([*parts[:-1], "ln", parts[-1]])
-        elif "pwconv" in k:
-            k = ".".join([*parts[:-1], "linear", parts[-1]])
-        elif "grn" in k:
-            v = v.reshape(1, -1)
-        out["encoder." + k] = v
-    return out
-
-
-def _convnext_features(trunk_or_timm, x):
-    if isinstance(trunk_or_timm, ConvNeXt):
-        return list(trunk_or_timm(x).values())
-    y, feats = trunk_or_timm.stem(x), []
-    for stage in trunk_or_timm.stages:
-        y = stage(y)
-        feats.append(y)
-    return feats
-
-
-@pytest.mark.parametrize("name,layout", [("convnextv2_atto", "fcmae"),
-                                         ("convnext_atto", "official")])
-def test_convnext_layouts_convert_to_timm_features(tmp_path, name, layout):
-    reference = _random_convnext(name, 3)
-    official = _official(reference.state_dict())
-    if layout == "fcmae":
-        obj = {"model": _fcmae(official), "epoch": 1600}
-    else:
-        obj = {"model": {**official, "norm.weight": torch.ones(320), "norm.bias": torch.zeros(320),
-                         "head.weight": torch.zeros(1000, 320), "head.bias": torch.zeros(1000)}}
-    src, out = _save(obj, tmp_path / f"{layout}.pt"), tmp_path / f"{name}.safetensors"
-    assert _tool().main([src, str(out), "--arch", "convnext", "--name", name]) == 0
-    trunk = ConvNeXt(name, out_features=STAGES).eval()
-    load_convnext_weights(trunk, str(out))
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        ours, theirs = _convnext_features(trunk, x), _convnext_features(reference, x)
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    _, report = convert_convnext(obj["model"], name)
-    dropped = sorted(report.dropped)
-    if layout == "fcmae":
-        assert report.prefix == "encoder."
-        assert dropped == ["decoder.0.dwconv.weight", "mask_token", "pred.bias", "proj.weight"]
-    else:
-        assert dropped == ["head.bias", "head.weight", "norm.bias", "norm.weight"]
-
-
-def test_convnext_of_another_size_or_layout_is_refused():
-    official = _official(_random_convnext("convnextv2_atto", 4).state_dict())
-    with pytest.raises(ValueError, match=r"not a convnextv2_femto trunk: .* other shapes"):
-        convert_convnext(official, "convnextv2_femto")
-    with pytest.raises(ValueError, match=r"not a convnext_atto trunk: .*not understood.*grn"):
-        convert_convnext(official, "convnext_atto")  # V2 weights (GRN) for a V1 model
-    with pytest.raises(ValueError, match=r"kernel of shape \(5, 40\)"):
-        densify_sparse_convnext({"stages.0.0.dwconv.kernel": torch.zeros(5, 40)})
