@@ -298,13 +298,15 @@ def test_pickled_objects_need_trust_and_key_selects_the_branch(tv_r18, tmp_path,
     assert "has no entry 'ema'" in capsys.readouterr().err
 
 
-def test_detectron2_layout_pkl_is_reprefixed(tv_r18, tmp_path):
+def test_detectron2_layout_pkl_is_reprefixed(tv_r18, tmp_path, capsys):
     converted, _ = convert_resnet(tv_r18.state_dict())
     with open(tmp_path / "dino_RN50_pretrain_d2_format.pkl", "wb") as f:
         pickle.dump({"model": {k: v.numpy() for k, v in converted.items()},
                      "__author__": "torchvision", "matching_heuristics": True}, f)
-    out = tmp_path / "out.pth"
-    assert _tool().main([str(tmp_path / "dino_RN50_pretrain_d2_format.pkl"), str(out)]) == 0
+    out, src = tmp_path / "out.pth", str(tmp_path / "dino_RN50_pretrain_d2_format.pkl")
+    assert _tool().main([src, str(out)]) == 1
+    assert "pickle file, which can run code" in capsys.readouterr().err
+    assert _tool().main([src, str(out), "--trust-pickle"]) == 0
     model = torch.load(out, weights_only=True)["model"]
     assert sorted(model) == sorted("backbone.bottom_up." + k for k in converted)
     assert all(torch.equal(model["backbone.bottom_up." + k], v) for k, v in converted.items())

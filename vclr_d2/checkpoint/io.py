@@ -90,8 +90,9 @@ def read_checkpoint(path: str, *, trust_pickle: bool = False) -> object:
     detectron2 ``.pkl`` file.
 
     PyTorch files are read with ``weights_only=True``. Files that also pickle other objects
-    (DINO's full checkpoints keep their ``argparse`` arguments) need ``trust_pickle=True``, which
-    runs the file's pickled code: only for files from a source you trust.
+    (DINO's full checkpoints keep their ``argparse`` arguments) and detectron2 ``.pkl`` files
+    need ``trust_pickle=True``, which runs the file's pickled code: only for files from a
+    source you trust.
 
     Raises:
         FileNotFoundError: no such file. ValueError: the file cannot be read (the message names
@@ -104,6 +105,9 @@ def read_checkpoint(path: str, *, trust_pickle: bool = False) -> object:
 
         return load_file(path)
     if path.endswith(".pkl"):
+        if not trust_pickle:
+            raise ValueError(f"{path} is a pickle file, which can run code when read: pass "
+                             "--trust-pickle if it comes from a source you trust")
         with open(path, "rb") as f:
             return pickle.load(f, encoding="latin1")
     try:
