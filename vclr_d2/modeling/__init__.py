@@ -1,7 +1,8 @@
-"""Models: the ConvNeXt-FPN backbone, the dense v-CLR head and the VCLR meta-architecture."""
+"""Models: the ConvNeXt-FPN and ResNet-FPN backbones, the dense v-CLR head and the VCLR
+meta-architecture."""
 
 from .augment import StudentAugmentation
-from .backbone import build_convnext_fpn_backbone
+from .backbone import build_convnext_fpn_backbone, build_vclr_resnet_fpn_backbone
 from .criterion import Targets, VCLRCriterion
 from .head import HeadOutputs, VCLRHead
 from .matcher import VCLR_MATCHER_REGISTRY, DynamicKMatcher, HungarianMatcher, build_matcher
@@ -19,4 +20,5 @@ __all__ = [
     "VCLRHead",
     "build_convnext_fpn_backbone",
     "build_matcher",
+    "build_vclr_resnet_fpn_backbone",
 ]

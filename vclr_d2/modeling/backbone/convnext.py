@@ -16,8 +16,10 @@ import timm
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.backbone.fpn import FPN
 from torch import nn
+
+from .fpn import build_fpn_on
 
 __all__ = ["ConvNeXt", "build_convnext_fpn_backbone", "load_convnext_weights"]
 
@@ -192,39 +194,4 @@ def build_convnext_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     )
     if c.WEIGHTS:
         load_convnext_weights(trunk, c.WEIGHTS)
-    in_features = cfg.MODEL.FPN.IN_FEATURES
-    missing = [f for f in in_features if f not in trunk.output_shape()]
-    if missing:
-        raise ValueError(
-            f"MODEL.FPN.IN_FEATURES={list(in_features)} asks for {missing}, which "
-            f"MODEL.CONVNEXT.OUT_FEATURES={list(c.OUT_FEATURES)} does not produce"
-        )
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    kind = cfg.MODEL.FPN.TOP_BLOCK
-    if kind == "p6p7":
-        src = cfg.MODEL.FPN.TOP_BLOCK_IN
-        if src == "p5":
-            top_block = LastLevelP6P7(out_channels, out_channels, in_feature="p5")
-        elif src == in_features[-1]:
-            top_block = LastLevelP6P7(
-                trunk.output_shape()[src].channels, out_channels, in_feature=src
-            )
-        else:
-            raise ValueError(
-                f"MODEL.FPN.TOP_BLOCK_IN={src!r}: must be 'p5' or the last FPN input "
-                f"{in_features[-1]!r}"
-            )
-    elif kind == "maxpool":
-        top_block = LastLevelMaxPool()
-    elif kind == "none":
-        top_block = None
-    else:
-        raise ValueError(f"MODEL.FPN.TOP_BLOCK={kind!r}: must be 'p6p7', 'maxpool' or 'none'")
-    return FPN(
-        bottom_up=trunk,
-        in_features=in_features,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=top_block,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return build_fpn_on(cfg, trunk, "MODEL.CONVNEXT.OUT_FEATURES")
