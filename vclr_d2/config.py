@@ -30,6 +30,9 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.CONVNEXT.OUT_FEATURES = ["res3", "res4", "res5"]
     # Stochastic depth (drop-path) rate of the trunk.
     cfg.MODEL.CONVNEXT.DROP_PATH_RATE = 0.1
+    # Initial layer-scale gamma of every block (timm's ls_init_value; ConvNeXt's 1e-6 makes each
+    # residual block start near the identity). Overwritten by loaded trunk weights.
+    cfg.MODEL.CONVNEXT.LAYER_SCALE_INIT = 1e-6
     # Freeze the stem (1) and the first k-1 stages (k = 2..5); 0 freezes nothing.
     cfg.MODEL.CONVNEXT.FREEZE_AT = 0
     # Local file with trunk weights: a timm state dict (.pth/.bin/.safetensors) or a detectron2
@@ -68,6 +71,9 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_HEAD.MASK_BRANCH_CHANNELS = 128
     # FPN levels fused by the mask-feature branch; the first one sets its stride (8 for p3).
     cfg.MODEL.VCLR_HEAD.MASK_IN_FEATURES = ["p3", "p4", "p5"]
+    # Upsampling factor (1 or 2) inside the mask-feature branch, YOLACT-style: 2 gives mask
+    # features at half the finest level's stride (4 for p3) for one more conv.
+    cfg.MODEL.VCLR_HEAD.MASK_UPSAMPLE = 1
     # Stride of the maps on which the mask loss is computed (mask logits upsampled, targets
     # area-pooled). Masks at all are switched by detectron2's MODEL.MASK_ON.
     cfg.MODEL.VCLR_HEAD.MASK_LOSS_STRIDE = 4

@@ -19,10 +19,10 @@ mask heads of a DETR decoder read its LayerNorm'd query: L_sim then acts on exac
 the predictions are read from. ``embed_norm="none"`` is the first release's arrangement: ``q``
 is the raw 1x1-conv output and the predictors read ``ReLU(q)``.
 
-Masks: a mask-feature branch fuses FPN levels at stride ``mask_stride`` (8 by default); the mask
-logits of a location are ``<coefficients, per-pixel mask feature>``. As in YOLACT, a mask is only
-trusted inside its box: the loss is computed inside the target box and inference zeroes the
-mask outside the predicted box.
+Masks: a mask-feature branch fuses FPN levels at stride ``mask_stride`` (8 by default, 4 with
+``mask_upsample=2``); the mask logits of a location are ``<coefficients, per-pixel mask
+feature>``. As in YOLACT, a mask is only trusted inside its box: the loss is computed inside the
+target box and inference zeroes the mask outside the predicted box.
 """
 
 from __future__ import annotations
@@ -105,19 +105,22 @@ def _tower(in_channels: int, channels: int, num_convs: int, norm: str) -> nn.Seq
 
 
 class MaskFeatureBranch(nn.Module):
-    """Fuses several FPN levels into one (N, M, Hm, Wm) mask-feature map at the finest stride."""
+    """Fuses several FPN levels into one (N, M, Hm, Wm) mask-feature map at the finest level's
+    stride divided by ``upsample`` (YOLACT's prototypes: upsampled, then one more conv)."""
 
     def __init__(self, in_channels: int, channels: int, mask_dim: int, num_levels: int,
-                 norm: str):
+                 norm: str, upsample: int = 1):
         super().__init__()
         self.refine = nn.ModuleList(
             Conv2d(in_channels, channels, 3, padding=1, bias=not norm,
                    norm=get_norm(norm, channels), activation=F.relu)
             for _ in range(num_levels)
         )
+        self.upsample = upsample
+        convs = 2 if upsample > 1 else 1
         self.tower = nn.Sequential(
-            Conv2d(channels, channels, 3, padding=1, bias=not norm,
-                   norm=get_norm(norm, channels), activation=F.relu),
+            *(Conv2d(channels, channels, 3, padding=1, bias=not norm,
+                     norm=get_norm(norm, channels), activation=F.relu) for _ in range(convs)),
             Conv2d(channels, mask_dim, 1),
         )
 
@@ -126,6 +129,10 @@ class MaskFeatureBranch(nn.Module):
         for refine, f in zip(self.refine[1:], features[1:]):
             x = x + F.interpolate(refine(f), size=x.shape[-2:], mode="bilinear",
                                   align_corners=False)
+        if self.upsample > 1:
+            x = self.tower[0](x)
+            x = F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
+            return self.tower[1:](x)
         return self.tower(x)
 
 
@@ -148,6 +155,7 @@ class VCLRHead(nn.Module):
         mask_in_features: list[str] = ("p3", "p4", "p5"),
         mask_dim: int = 32,
         mask_branch_channels: int = 128,
+        mask_upsample: int = 1,
     ):
         """
         Args:
@@ -164,6 +172,8 @@ class VCLRHead(nn.Module):
             mask_in_features: FPN levels fused by the mask branch, finest first.
             mask_dim: M, mask coefficients per location.
             mask_branch_channels: channels inside the mask branch.
+            mask_upsample: the mask features are upsampled by this factor inside the branch
+                (1 or 2): their stride is the finest mask level's divided by it.
         """
         super().__init__()
         if quality not in ("none", "iou", "centerness"):
@@ -196,10 +206,13 @@ class VCLRHead(nn.Module):
         self.quality_pred = Conv2d(embed_dim, 1, 1) if quality != "none" else None
         if mask_on:
             self.mask_in_features = list(mask_in_features)
-            self.mask_stride = input_shape[mask_in_features[0]].stride
+            if mask_upsample not in (1, 2):
+                raise ValueError(f"MODEL.VCLR_HEAD.MASK_UPSAMPLE={mask_upsample}: use 1 or 2")
+            self.mask_stride = input_shape[mask_in_features[0]].stride // mask_upsample
             self.mask_coeff = Conv2d(embed_dim, mask_dim, 1)
             self.mask_branch = MaskFeatureBranch(
-                in_channels, mask_branch_channels, mask_dim, len(mask_in_features), norm
+                in_channels, mask_branch_channels, mask_dim, len(mask_in_features), norm,
+                upsample=mask_upsample,
             )
         else:
             self.mask_coeff = None
@@ -237,6 +250,7 @@ class VCLRHead(nn.Module):
             "mask_in_features": list(h.MASK_IN_FEATURES),
             "mask_dim": h.MASK_DIM,
             "mask_branch_channels": h.MASK_BRANCH_CHANNELS,
+            "mask_upsample": h.MASK_UPSAMPLE,
         }
 
     @staticmethod

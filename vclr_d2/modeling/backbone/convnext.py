@@ -43,6 +43,7 @@ class ConvNeXt(Backbone):
         *,
         out_features: Sequence[str] = ("res3", "res4", "res5"),
         drop_path_rate: float = 0.0,
+        layer_scale_init: float = 1e-6,
         freeze_at: int = 0,
         pretrained_download: bool = False,
     ):
@@ -51,6 +52,8 @@ class ConvNeXt(Backbone):
             name: any timm ConvNeXt model name (``convnext_atto`` ... ``convnext_xlarge``).
             out_features: stage names to return, a subset of ``res2``..``res5``.
             drop_path_rate: stochastic depth rate of the trunk.
+            layer_scale_init: initial value of the blocks' layer-scale gammas (timm's
+                ``ls_init_value``; 1e-6 is ConvNeXt's, for ImageNet training).
             freeze_at: 0 freezes nothing, 1 the stem, k in 2..5 the stem and res2..res{k}.
             pretrained_download: let timm download its ImageNet weights (needs the internet).
         """
@@ -66,7 +69,8 @@ class ConvNeXt(Backbone):
         if not name.startswith("convnext"):
             raise ValueError(f"MODEL.CONVNEXT.NAME={name!r} is not a timm ConvNeXt model")
         model = timm.create_model(
-            name, pretrained=pretrained_download, num_classes=0, drop_path_rate=drop_path_rate
+            name, pretrained=pretrained_download, num_classes=0, drop_path_rate=drop_path_rate,
+            ls_init_value=layer_scale_init,
         )
         num_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1
         self.name = name
@@ -189,6 +193,7 @@ def build_convnext_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         c.NAME,
         out_features=c.OUT_FEATURES,
         drop_path_rate=c.DROP_PATH_RATE,
+        layer_scale_init=c.LAYER_SCALE_INIT,
         freeze_at=c.FREEZE_AT,
         pretrained_download=c.PRETRAINED_DOWNLOAD and not c.WEIGHTS,
     )
