@@ -8,7 +8,9 @@ Targets of an image are ground truth (``is_gt``) and proposals, matched together
 location is positive for at most one target. L_gt is computed on locations matched to ground
 truth, L_obj on locations matched to proposals; in each term's objectness focal loss the other
 term's positives are ignored rather than counted as background. Each term is normalised by its
-number of positives in the batch and is zero (but graph-connected) when the batch has none:
+number of positives in the batch and is zero (but graph-connected) when the batch has none; in
+multi-process training "the batch" is that of all processes (each normalises by the mean count
+per process, so DDP's averaged gradient is the one-process gradient of the whole batch):
 
     L_x   = w_score * focal + w_l1 * L1 + w_giou * GIoU + w_dice * dice + w_mask * BCE
     L     = lambda_match * (lambda_obj * L_obj + lambda_sim * L_sim) + lambda_gt * L_gt
@@ -28,6 +30,7 @@ from detectron2.config import configurable
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .head import HeadOutputs
+from .numerics import float32_outside_autocast, mean_count_over_processes
 
 __all__ = ["Targets", "VCLRCriterion", "dice_loss", "similarity_loss"]
 
@@ -162,6 +165,7 @@ class VCLRCriterion:
             "max_masks_per_image": cfg.MODEL.VCLR_HEAD.MAX_MASKS_PER_IMAGE,
         }
 
+    @float32_outside_autocast
     def detection_losses(
         self,
         out: HeadOutputs,
@@ -201,8 +205,9 @@ class VCLRCriterion:
             pos["obj"].append((pred_idx[~gt], tgt_idx[~gt]))
 
         losses = {}
+        dev = out.objectness.device
         for term, code in (("gt", 0), ("obj", 1)):
-            num = sum(len(p) for p, _ in pos[term])
+            num = mean_count_over_processes(sum(len(p) for p, _ in pos[term]), dev)
             keys = [f"loss_{term}_{k}" for k in ("score", "box_l1", "giou", "dice", "mask")]
             if num == 0:
                 losses.update({k: zero for k in keys})
@@ -216,7 +221,7 @@ class VCLRCriterion:
             if out.mask_coeffs is None:
                 continue
             dice, bce, num_masks = self._mask_losses(out, targets, pos[term], mask_logits_fn)
-            n = max(num_masks, 1)
+            n = mean_count_over_processes(num_masks, dev) or 1.0
             losses[keys[3]] = weight * self.w["dice"] * dice / n + zero
             losses[keys[4]] = weight * self.w["mask"] * bce / n + zero
         if out.mask_coeffs is None:
@@ -279,8 +284,9 @@ class VCLRCriterion:
             loss = loss + F.binary_cross_entropy_with_logits(
                 out.quality[i, pred_idx], target, reduction="sum")
             num += len(pred_idx)
-        return self.quality_weight * loss / max(num, 1)
+        return self.quality_weight * loss / (mean_count_over_processes(num, zero.device) or 1.0)
 
+    @float32_outside_autocast
     def sim_loss(
         self,
         student: HeadOutputs,
@@ -315,6 +321,7 @@ class VCLRCriterion:
                 q_s = emb_s[i, s_idx[keep]]
                 terms.append(similarity_loss(q_s, mean_t[s_tgt[keep]]))
         zero = student.embeddings.sum() * 0
+        num = mean_count_over_processes(sum(len(t) for t in terms), zero.device)
         if not terms:
             return zero
-        return self.sim_weight * torch.cat(terms).mean() + zero
+        return self.sim_weight * torch.cat(terms).sum() / num + zero
