@@ -7,8 +7,8 @@
 Steps (in one process; peak GPU memory is reset before each measurement):
 
 1. training step time and peak memory of v-CLR and the baseline (``MODEL.VCLR.SIM_ON False``)
-   at the paper's settings: ConvNeXt-T, 800 x 800 inputs, batch 2 per GPU, ``configs/Base-VCLR.yaml``,
-   AMP off and on (float16 with a grad scaler);
+   at the paper's settings: ConvNeXt-T, 800 x 800 inputs, batch 2 per GPU,
+   ``configs/Base-VCLR.yaml``, AMP off and on (float16 with a grad scaler);
 2. inference images/s and peak memory of v-CLR (ConvNeXt-T) against detectron2's RetinaNet
    R50-FPN at the same 800 x 800 input;
 3. the same small training run (the synthetic set, a few iterations, from the same initial

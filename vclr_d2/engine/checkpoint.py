@@ -3,7 +3,8 @@
 - A checkpoint is written to a temporary file in the output folder, flushed to disk and renamed
   over its final name (``os.replace``); ``last_checkpoint`` is rewritten the same way after it.
   A crash or kill during a save leaves the previous checkpoint and ``last_checkpoint`` as they
-  were (at worst a stale ``.<name>.pth.tmp<pid>`` file remains).
+  were; the ``.<name>.pth.tmp<pid>`` file such a crash leaves is removed by the next save of
+  that name.
 - A model with NaN or infinite weights is never saved: ``save`` raises ``FloatingPointError``
   naming the tensors.
 - A file that cannot be read (truncated, not a checkpoint) raises an error naming it.
@@ -52,9 +53,25 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _remove_stale_temporaries(folder: str, name: str) -> None:
+    """Remove ``.<name>.tmp<pid>`` files left by processes that no longer run (a crash)."""
+    prefix = f".{name}.tmp"
+    for f in os.listdir(folder):
+        pid = f[len(prefix):]
+        if not (f.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            os.remove(os.path.join(folder, f))
+        except PermissionError:  # a live process of another user
+            pass
+
+
 def _atomic_write(path: str, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
     folder, name = os.path.split(path)
+    _remove_stale_temporaries(folder, name)
     tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
