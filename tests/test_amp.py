@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from vclr_d2.engine import VCLRTrainer, amp_dtype_from_config, setup_cfg
 
@@ -73,3 +74,39 @@ def test_amp_dtype_is_checked(cfg):
     assert amp_dtype_from_config(cfg) == torch.float16
     cfg.SOLVER.AMP.ENABLED = False
     assert amp_dtype_from_config(cfg) is None
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+
+    def forward(self, batch):
+        return {"loss": 0.1 * self.lin(torch.tensor(batch)).float().sum()}  # a float32 loss
+
+
+def test_float16_overflow_skips_steps_then_stops():
+    """With a float16 grad scaler, an overflowing step is skipped (the scaler's job) and only
+    ``max_skipped_steps`` of them in a row stop training."""
+    from vclr_d2.engine import VCLRStepTrainer
+
+    model = _Linear()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = VCLRStepTrainer(model, [[[1e-3, 2e-3]]] * 5, opt, seed=0, amp_dtype=torch.float16,
+                              max_skipped_steps=2)
+    assert trainer.grad_scaler.is_enabled()
+    with EventStorage():
+        trainer.run_step()  # a normal float16 step (small inputs: no overflow at scale 2**16)
+        moved = model.lin.weight.detach().clone()
+        scale = trainer.grad_scaler.get_scale()
+        model.lin.weight.register_hook(lambda g: g * float("inf"))
+        trainer.iter = 1
+        trainer.run_step()  # skipped: weights kept, scale lowered
+        assert torch.equal(model.lin.weight.detach(), moved)
+        assert trainer.grad_scaler.get_scale() == scale / 2
+        trainer.iter = 2
+        with pytest.raises(FloatingPointError, match=r"non-finite gradients at iteration 2 \(2 "
+                                                     r"float16 steps skipped in a row\) in 1 "
+                                                     r"parameters \(lin.weight\)"):
+            trainer.run_step()
+    assert set(trainer.state_dict()) >= {"optimizer", "grad_scaler", "seed", "iteration"}

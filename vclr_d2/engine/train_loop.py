@@ -91,7 +91,11 @@ class VCLRStepTrainer(SimpleTrainer):
         if hasattr(self.data_loader, "start_iter"):
             self.data_loader.start_iter = start_iter
             self.data_loader.seed = self.seed
-        self._data_loader_iter = iter(self.data_loader)
+        if isinstance(getattr(type(self), "_data_loader_iter", None), property):
+            # upstream detectron2: a lazy property over ``_data_loader_iter_obj``
+            self._data_loader_iter_obj = iter(self.data_loader)
+        else:  # detectron2 0.6: a plain attribute
+            self._data_loader_iter = iter(self.data_loader)
 
     def _autocast(self):
         if self.amp_dtype is None:
