@@ -95,7 +95,7 @@ def test_submit_slurm_runs_one_task_per_process_with_submitit(tmp_path, monkeypa
     out = tmp_path / "out"
     args = tool.parser().parse_args([
         "--executor", "local", "--num-gpus", "2", "--job-dir", str(tmp_path / "job"),
-        "--timeout-min", "10", "--config-file", CONFIG, *TINY, "SOLVER.MAX_ITER", "1",
+        "--timeout-min", "30", "--config-file", CONFIG, *TINY, "SOLVER.MAX_ITER", "1",
         "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)])
     job = tool.submit(args)
     job.results()  # waits; raises with the task's traceback if a task failed
