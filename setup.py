@@ -26,8 +26,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "transformers"],
+        "dev": ["pytest", "ruff", "transformers", "submitit"],
         # tools/generate_views.py: depth from a local Hugging Face depth-estimation folder
         "views": ["transformers"],
+        # tools/submit_slurm.py: SLURM jobs (one task per GPU) through submitit
+        "slurm": ["submitit"],
     },
 )

@@ -1,5 +1,7 @@
 """Shared fixtures. Tests run on the CPU with tiny models and data written under tmp_path."""
 
+import logging
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -10,6 +12,19 @@ from vclr_d2 import add_vclr_config
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_loggers():
+    """Tests that run tools/train_net.py's ``main`` in this process call detectron2's
+    ``setup_logger`` (DEBUG level, no propagation, new handlers): undo it afterwards."""
+    loggers = [logging.getLogger(n) for n in ("detectron2", "fvcore", "vclr_d2")]
+    saved = [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    yield
+    for lg, (level, propagate, handlers) in zip(loggers, saved):
+        lg.setLevel(level)
+        lg.propagate = propagate
+        lg.handlers[:] = handlers
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Speed and memory benchmarks of vclr_d2 (results go to docs/benchmarks.md with the command).
 
-    python tools/benchmark.py train-step [--size 256 --batch 2 --model convnext_atto]
+    python tools/benchmark.py train-step [--size 256 --batch 2 --model convnext_atto] [--amp]
         training step time (forward, backward, optimizer step, EMA update) of v-CLR against the
         baseline switches (no teacher / L_sim; no student augmentations), as a ratio, with the
-        peak memory of each variant
+        peak memory of each variant; --amp: under autocast, as SOLVER.AMP.ENABLED
     python tools/benchmark.py inference [--size 512]
         inference images/second at size x size for convnext_atto and convnext_tiny, and for
         detectron2's RetinaNet R50-FPN on the same inputs, with peak memory
@@ -96,21 +96,27 @@ def run_train_step(args) -> dict:
     import torch
     from detectron2.modeling import build_model
 
-    from vclr_d2.engine import build_optimizer
+    from vclr_d2.engine import amp_dtype_from_config, build_optimizer
 
     torch.manual_seed(0)
-    cfg = _cfg(args.model, args.device, TRAIN_VARIANTS[args.variant], args.config)
+    amp = ["SOLVER.AMP.ENABLED", "True"] if args.amp else []
+    cfg = _cfg(args.model, args.device, TRAIN_VARIANTS[args.variant] + amp, args.config)
     model = build_model(cfg).train()
     opt = build_optimizer(cfg, model)
+    dtype = amp_dtype_from_config(cfg)
+    device_type = torch.device(args.device).type
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     batch = _batch(args.batch, args.size, args.objects, args.device, with_targets=True)
     times = []
     for i in range(args.warmup + args.iters):
         _sync(args.device)
         t0 = time.perf_counter()
-        loss = sum(model(batch).values())
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            loss = sum(model(batch).values())
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         model.update_teacher()
         _sync(args.device)
         if i >= args.warmup:
@@ -171,7 +177,8 @@ def _spawn(mode: str, variant: str, args) -> dict:
     cmd = [sys.executable, __file__, mode, "--single", variant, "--size", str(args.size),
            "--batch", str(args.batch), "--iters", str(args.iters), "--warmup",
            str(args.warmup), "--device", args.device, "--model", args.model,
-           "--objects", str(args.objects), "--config", args.config]
+           "--objects", str(args.objects), "--config", args.config] + (
+               ["--amp"] if args.amp else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -191,6 +198,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--config", default="configs/Base-VCLR.yaml",
                         help="model config, relative to the repository (e.g. the synthetic one)")
+    parser.add_argument("--amp", action="store_true",
+                        help="train-step under autocast (float16 + grad scaler on CUDA, bfloat16 "
+                             "on the CPU), as SOLVER.AMP.ENABLED")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="data-loader worker counts (loader)")
     parser.add_argument("--single", help=argparse.SUPPRESS)
@@ -208,6 +218,7 @@ def main() -> None:
 
     size = "config sizes" if args.mode == "loader" else f"{args.size}x{args.size}"
     print(f"# {args.mode}: {size}, batch {args.batch}, device {args.device}, "
+          f"{'AMP, ' if args.amp else ''}"
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of "
           f"{args.iters} iterations after {args.warmup} warm-up")
     if train:

@@ -222,6 +222,9 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     # Learning-rate multiplier of the backbone trunk (paper: 0.1).
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a gradient scaler), "bfloat16", or
+    # "" for float16 on CUDA and bfloat16 on the CPU. Matching and losses stay in float32.
+    cfg.SOLVER.AMP.DTYPE = ""
 
 
 def _add_test_config(cfg: CN) -> None:

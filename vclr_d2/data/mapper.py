@@ -95,7 +95,14 @@ def _check_views(views: list[ViewSpec], probs: list[float]) -> np.ndarray:
     if len(probs) != len(views):
         raise ValueError(f"INPUT.VIEWS.PROBS has {len(probs)} values for {len(views)} views "
                          f"{[v.name for v in views]}")
-    p = np.asarray(probs, dtype=np.float64)
+    values = []
+    for i, x in enumerate(probs):
+        try:
+            values.append(float(x))
+        except (TypeError, ValueError):
+            raise ValueError(f"INPUT.VIEWS.PROBS[{i}]={x!r} is not a number (INPUT.VIEWS.PROBS="
+                             f"{list(probs)})") from None
+    p = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(p)) or (p < 0).any() or p.sum() <= 0:
         raise ValueError(f"INPUT.VIEWS.PROBS must be non-negative with a positive sum, got {probs}")
     names = [v.name for v in views]
@@ -266,11 +273,42 @@ class VCLRDatasetMapper:
 
         annos = [a for a in dataset_dict.pop("annotations", []) if a.get("iscrowd", 0) == 0]
         orig_shape = natural.shape[:2]
-        dataset_dict["instances"] = self._to_instances(annos, transforms, image_shape,
-                                                       orig_shape, proposals=False)
+        dataset_dict["instances"] = self._targets(dataset_dict, annos, transforms, image_shape,
+                                                  orig_shape, proposals=False)
         pseudo = dataset_dict.pop("pseudo_annotations", None)
         if self.load_proposals and pseudo is not None:
             pseudo = [dict(a, bbox_mode=a.get("bbox_mode", BoxMode.XYWH_ABS)) for a in pseudo]
-            dataset_dict["proposals"] = self._to_instances(pseudo, transforms, image_shape,
-                                                           orig_shape, proposals=True)
+            dataset_dict["proposals"] = self._targets(dataset_dict, pseudo, transforms,
+                                                      image_shape, orig_shape, proposals=True)
         return dataset_dict
+
+    def _targets(self, dataset_dict: dict, annos: list[dict], transforms, image_shape,
+                 orig_shape, *, proposals: bool) -> Instances:
+        """``_to_instances``, with pycocotools' errors on a bad segmentation re-raised naming
+        the image file and the annotation id."""
+        try:
+            return self._to_instances(annos, transforms, image_shape, orig_shape,
+                                      proposals=proposals)
+        except (ValueError, TypeError, IndexError, AssertionError) as e:
+            what = "proposal" if proposals else "annotation"
+            culprit = next((a for a in annos if _bad_segmentation(a, orig_shape)), None)
+            ids = (f"{what} id {culprit.get('id')}" if culprit is not None
+                   else f"one of the {what}s {[a.get('id') for a in annos]}")
+            raise ValueError(f"image {dataset_dict['file_name']}: {ids} cannot be converted to "
+                             f"a mask: {type(e).__name__}: {e}") from e
+
+
+def _bad_segmentation(anno: dict, image_shape: tuple[int, int]) -> bool:
+    """Whether pycocotools rejects ``anno``'s segmentation for an image of ``image_shape``."""
+    segm = anno.get("segmentation")
+    try:
+        if isinstance(segm, list):
+            mask_util.frPyObjects(segm, *image_shape)
+        elif isinstance(segm, dict):
+            if isinstance(segm.get("counts"), list):
+                segm = mask_util.frPyObjects(segm, *segm["size"])
+            if mask_util.decode(segm).shape[:2] != tuple(image_shape):
+                return True
+    except Exception:  # pycocotools raises ValueError, TypeError, IndexError, Exception
+        return True
+    return False

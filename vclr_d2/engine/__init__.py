@@ -1,11 +1,15 @@
-"""Training engine: trainer, EMA hook and optimizer for v-CLR."""
+"""Training engine: trainer, step, checkpointer, launcher, EMA hook and optimizer for v-CLR."""
 
+from .checkpoint import VCLRCheckpointer, load_for_evaluation, nonfinite_tensors
 from .hooks import EMAHook
+from .launch import launch
 from .optimizer import build_optimizer, optimizer_param_groups
-from .setup import get_vclr_cfg, setup_cfg
+from .setup import argument_parser, get_vclr_cfg, setup_cfg
+from .train_loop import VCLRStepTrainer, amp_dtype_from_config, seed_iteration
 from .trainer import VCLRTrainer
 
 __all__ = [
-    "EMAHook", "VCLRTrainer", "build_optimizer", "get_vclr_cfg", "optimizer_param_groups",
-    "setup_cfg",
+    "EMAHook", "VCLRCheckpointer", "VCLRStepTrainer", "VCLRTrainer", "amp_dtype_from_config",
+    "argument_parser", "build_optimizer", "get_vclr_cfg", "launch", "load_for_evaluation",
+    "nonfinite_tensors", "optimizer_param_groups", "seed_iteration", "setup_cfg",
 ]

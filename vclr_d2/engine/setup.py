@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
+
 from detectron2.config import get_cfg
-from detectron2.engine import default_setup
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from vclr_d2.config import add_vclr_config
 from vclr_d2.data.datasets import register_all
 
-__all__ = ["get_vclr_cfg", "setup_cfg"]
+__all__ = ["argument_parser", "get_vclr_cfg", "setup_cfg"]
+
+
+def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` plus ``--allow-random-weights``."""
+    parser = default_argument_parser(epilog)
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="with --eval-only and no MODEL.WEIGHTS, evaluate the randomly "
+                             "initialised model instead of stopping with an error")
+    return parser
 
 
 def get_vclr_cfg(config_file: str | None = None, opts: list[str] | None = None):

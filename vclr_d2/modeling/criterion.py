@@ -7,7 +7,9 @@ Shape shorthand:
 Targets of an image are ground truth (``is_gt``) and proposals, matched together once, so a
 location is positive for at most one target. L_gt's box and mask terms are computed on locations
 matched to ground truth, L_obj's on locations matched to proposals, each normalised by its number
-of positives in the batch and zero (but graph-connected) when the batch has none. Objectness is
+of positives in the batch and zero (but graph-connected) when the batch has none (in multi-process
+training the batch of all processes: each normalises by the mean count per process, so DDP's
+averaged gradient is the one-process gradient of the whole batch). Objectness is
 supervised by one focal loss over every location (``score_loss="joint"``, the official code):
 positives weighted by their term's lambda, background once, normalised by the number of positive
 locations (= the number of matched targets under one-to-one matching, the official normaliser).
@@ -33,6 +35,7 @@ from detectron2.config import configurable
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .head import HeadOutputs
+from .numerics import float32_outside_autocast, mean_count_over_processes
 
 __all__ = ["Targets", "VCLRCriterion", "dice_loss", "quality_focal_loss", "similarity_loss"]
 
@@ -187,6 +190,7 @@ class VCLRCriterion:
             "max_masks_per_image": cfg.MODEL.VCLR_HEAD.MAX_MASKS_PER_IMAGE,
         }
 
+    @float32_outside_autocast
     def detection_losses(
         self,
         out: HeadOutputs,
@@ -230,15 +234,16 @@ class VCLRCriterion:
             pos["obj"].append((pred_idx[~gt], tgt_idx[~gt]))
 
         losses = {}
+        dev = out.objectness.device
         if self.score_loss == "joint":
             # one focal loss over every location; positives weighted by their term's lambda
             w_loc = torch.ones_like(focal)
             w_loc[src == 0] = self.term_weight["gt"]
             w_loc[src == 1] = self.term_weight["obj"]
-            num_pos = max(int((src >= 0).sum()), 1)
+            num_pos = max(mean_count_over_processes(int((src >= 0).sum()), dev), 1.0)
             losses["loss_score"] = self.w["score"] * (focal * w_loc).sum() / num_pos
         for term, code in (("gt", 0), ("obj", 1)):
-            num = sum(len(p) for p, _ in pos[term])
+            num = mean_count_over_processes(sum(len(p) for p, _ in pos[term]), dev)
             keys = [f"loss_{term}_{k}" for k in ("score", "box_l1", "giou", "dice", "mask")]
             if self.score_loss == "joint":
                 keys = keys[1:]
@@ -256,7 +261,7 @@ class VCLRCriterion:
             if out.mask_coeffs is None:
                 continue
             dice, bce, num_masks = self._mask_losses(out, targets, pos[term], mask_logits_fn)
-            n = max(num_masks, 1)
+            n = mean_count_over_processes(num_masks, dev) or 1.0
             losses[keys[2]] = weight * self.w["dice"] * dice / n + zero
             losses[keys[3]] = weight * self.w["mask"] * bce / n + zero
         if out.mask_coeffs is None:
@@ -330,8 +335,9 @@ class VCLRCriterion:
             loss = loss + F.binary_cross_entropy_with_logits(
                 out.quality[i, pred_idx], target, reduction="sum")
             num += len(pred_idx)
-        return self.quality_weight * loss / max(num, 1)
+        return self.quality_weight * loss / (mean_count_over_processes(num, zero.device) or 1.0)
 
+    @float32_outside_autocast
     def sim_loss(
         self,
         student: HeadOutputs,
@@ -366,6 +372,7 @@ class VCLRCriterion:
                 q_s = emb_s[i, s_idx[keep]]
                 terms.append(similarity_loss(q_s, mean_t[s_tgt[keep]]))
         zero = student.embeddings.sum() * 0
+        num = mean_count_over_processes(sum(len(t) for t in terms), zero.device)
         if not terms:
             return zero
-        return self.sim_weight * torch.cat(terms).mean() + zero
+        return self.sim_weight * torch.cat(terms).sum() / num + zero

@@ -26,6 +26,8 @@ from detectron2.utils.registry import Registry
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou, generalized_box_iou
 
+from .numerics import check_finite_predictions
+
 __all__ = ["VCLR_MATCHER_REGISTRY", "HungarianMatcher", "DynamicKMatcher", "build_matcher"]
 
 VCLR_MATCHER_REGISTRY = Registry("VCLR_MATCHER")
@@ -144,6 +146,7 @@ class HungarianMatcher(_CostMatcher):
     def __call__(self, objectness: torch.Tensor, boxes: torch.Tensor, locations: torch.Tensor,
                  strides: torch.Tensor, target_boxes: torch.Tensor,
                  image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        check_finite_predictions(objectness=objectness, boxes=boxes)
         device = objectness.device
         if len(target_boxes) == 0:
             return _empty(device)
@@ -180,6 +183,7 @@ class DynamicKMatcher(_CostMatcher):
     def __call__(self, objectness: torch.Tensor, boxes: torch.Tensor, locations: torch.Tensor,
                  strides: torch.Tensor, target_boxes: torch.Tensor,
                  image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        check_finite_predictions(objectness=objectness, boxes=boxes)
         device = objectness.device
         if len(target_boxes) == 0:
             return _empty(device)

@@ -23,6 +23,13 @@ How ground truth is told apart from proposals, both ways are supported:
 Metadata: ``thing_classes = ["object"]``, ``evaluator_type = "openworld"``, ``json_file``,
 ``image_root`` (and ``proposals_file``). Registration never reads files; loading a dataset
 whose files are absent raises ``FileNotFoundError`` naming the dataset and the file.
+
+Bad annotations: a missing or non-numeric ``bbox`` or an invalid RLE segmentation (malformed
+``counts``/``size``, uncompressed counts that do not cover the image, a ``size`` other than the
+image's) raises ``ValueError`` naming the file and the annotation id. Annotations that cannot be
+trained on but leave the file usable are dropped, counted and logged (one WARNING per file, by
+reason, with the first ids): an ``image_id`` that is not in ``images``, a bbox with a NaN or an
+infinity, a bbox of negative width or height.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -112,13 +120,48 @@ def _check_coco_dataset(data, path: str) -> None:
             raise ValueError(f"{path}: missing or malformed key '{key}' (a list is required)")
 
 
-def _annotation_record(ann: dict, path: str) -> dict:
-    """A detectron2 annotation dict (XYWH_ABS box) from a COCO annotation."""
+def _rle_problem(segm: dict, size: tuple[int, int] | None) -> str | None:
+    """Why ``segm`` is no usable RLE of an image of ``size`` (h, w), or None."""
+    shape = segm.get("size")
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 2
+            and all(isinstance(v, int) and v > 0 for v in shape)):
+        return f"its RLE 'size' must be [height, width], got {shape!r}"
+    counts = segm.get("counts")
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts):
+            return "its uncompressed RLE 'counts' must be non-negative integers"
+        if sum(counts) != shape[0] * shape[1]:
+            return (f"its uncompressed RLE 'counts' sum to {sum(counts)}, not "
+                    f"{shape[0]} x {shape[1]} = {shape[0] * shape[1]} pixels")
+    elif not isinstance(counts, (str, bytes)) or not counts:
+        return f"its RLE 'counts' must be a non-empty string or a list, got {counts!r}"[:200]
+    if size is not None and tuple(shape) != tuple(size):
+        return f"its RLE 'size' {list(shape)} is not the image's (height, width) {list(size)}"
+    return None
+
+
+def _bbox_problem(bbox: list[float]) -> str | None:
+    """Why a COCO XYWH box cannot be trained on, or None."""
+    if not all(math.isfinite(v) for v in bbox):
+        return "non-finite bbox"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return "negative bbox width or height"
+    return None
+
+
+def _annotation_record(ann: dict, path: str, size: tuple[int, int] | None = None) -> dict:
+    """A detectron2 annotation dict (XYWH_ABS box) from a COCO annotation of an image of
+    ``size`` (h, w) when known; ``ValueError`` naming the file and the annotation when it is
+    malformed."""
     bbox = ann.get("bbox")
+    where = f"{path}: annotation id {ann.get('id')} of image {ann.get('image_id')}"
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
-        raise ValueError(f"{path}: annotation id {ann.get('id')} of image {ann.get('image_id')} "
-                         f"has no valid 'bbox' (got {bbox!r})")
-    rec = {"bbox": [float(x) for x in bbox], "bbox_mode": BoxMode.XYWH_ABS,
+        raise ValueError(f"{where} has no valid 'bbox' (got {bbox!r})")
+    try:
+        box = [float(x) for x in bbox]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} has a non-numeric 'bbox' {bbox!r}") from None
+    rec = {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS,
            "category_id": 0, "iscrowd": int(ann.get("iscrowd", 0))}
     for key in ("id", "score", "area"):
         if key in ann:
@@ -131,12 +174,33 @@ def _annotation_record(ann: dict, path: str) -> dict:
         if polys:
             rec["segmentation"] = polys
     elif isinstance(segm, dict):
+        problem = _rle_problem(segm, size)
+        if problem:
+            raise ValueError(f"{where} has an invalid RLE segmentation: {problem}")
         if isinstance(segm.get("counts"), list):  # uncompressed RLE -> compressed
             import pycocotools.mask as mask_util
 
             segm = mask_util.frPyObjects(segm, *segm["size"])
         rec["segmentation"] = segm
     return rec
+
+
+class _Dropped:
+    """Annotations left out of a dataset, counted by reason, with their first ids."""
+
+    def __init__(self):
+        self.ids: dict[str, list] = defaultdict(list)
+
+    def add(self, reason: str, ann: dict) -> None:
+        self.ids[reason].append(ann.get("id"))
+
+    def log(self, path: str) -> None:
+        if not self.ids:
+            return
+        parts = [f"{len(ids)} with {reason} (ids {ids[:5]}{' ...' if len(ids) > 5 else ''})"
+                 for reason, ids in self.ids.items()]
+        logger.warning(f"{path}: dropped {sum(len(v) for v in self.ids.values())} annotations: "
+                       + "; ".join(parts))
 
 
 def load_proposals_file(path: str, dataset_name: str | None = None) -> dict[int, list[dict]]:
@@ -146,10 +210,17 @@ def load_proposals_file(path: str, dataset_name: str | None = None) -> dict[int,
     if not isinstance(anns, list):
         raise ValueError(f"{path}: expected a COCO results list or a dict with 'annotations'")
     out: dict[int, list[dict]] = defaultdict(list)
+    dropped = _Dropped()
     for a in anns:
         if "image_id" not in a:
             raise ValueError(f"{path}: a proposal has no 'image_id': {str(a)[:200]}")
-        out[a["image_id"]].append(_annotation_record(a, path))
+        rec = _annotation_record(a, path)
+        problem = _bbox_problem(rec["bbox"])
+        if problem:
+            dropped.add(problem, a)
+            continue
+        out[a["image_id"]].append(rec)
+    dropped.log(path)
     return out
 
 
@@ -177,6 +248,11 @@ def load_openworld_json(
         if "image_id" not in a:
             raise ValueError(f"{json_file}: annotation id {a.get('id')} has no 'image_id'")
         per_image[a["image_id"]].append(a)
+    dropped = _Dropped()
+    image_ids = {img.get("id") for img in data["images"]}
+    for image_id in set(per_image) - image_ids:
+        for a in per_image.pop(image_id):
+            dropped.add("an image_id not in 'images'", a)
     extra = load_proposals_file(proposals_file, dataset_name) if proposals_file else {}
 
     dicts, num_gt, num_prop = [], 0, 0
@@ -191,12 +267,18 @@ def load_openworld_json(
         for a in per_image.get(img["id"], ()):
             if a.get("ignore", 0):
                 continue
-            (props if is_proposal(a) else gt).append(_annotation_record(a, json_file))
+            r = _annotation_record(a, json_file, (rec["height"], rec["width"]))
+            problem = _bbox_problem(r["bbox"])
+            if problem:
+                dropped.add(problem, a)
+                continue
+            (props if is_proposal(a) else gt).append(r)
         props.extend(extra.get(img["id"], ()))
         rec["annotations"], rec["pseudo_annotations"] = gt, props
         num_gt, num_prop = num_gt + len(gt), num_prop + len(props)
         dicts.append(rec)
-    unknown = set(extra) - {img["id"] for img in data["images"]}
+    dropped.log(json_file)
+    unknown = set(extra) - image_ids
     if unknown:
         logger.warning(f"{proposals_file}: {len(unknown)} image ids not in {json_file} ignored")
     logger.info(f"Loaded {len(dicts)} images, {num_gt} ground-truth and {num_prop} proposal "
