@@ -134,9 +134,31 @@ def test_file_without_convnext_keys_names_the_file(tmp_path):
     [("MODEL.CONVNEXT.OUT_FEATURES", ["res6"], "OUT_FEATURES"),
      ("MODEL.CONVNEXT.FREEZE_AT", 7, "FREEZE_AT=7"),
      ("MODEL.CONVNEXT.NAME", "resnet50", "resnet50"),
-     ("MODEL.FPN.TOP_BLOCK", "p8", "TOP_BLOCK='p8'")],
+     ("MODEL.FPN.TOP_BLOCK", "p8", "TOP_BLOCK='p8'"),
+     ("MODEL.CONVNEXT.CONV_MLP", "maybe", "CONV_MLP='maybe'")],
 )
 def test_wrong_config_values_are_named(cfg, key, value, match):
     cfg.merge_from_list([key, value])
     with pytest.raises(ValueError, match=match):
         build_backbone(cfg, ShapeSpec(channels=3))
+
+
+def test_linear_mlp_trunk_loads_conv_mlp_weights_and_gives_the_same_features(tmp_path):
+    conv = ConvNeXt("convnext_atto", out_features=("res2", "res5"), conv_mlp=True).eval()
+    path = tmp_path / "atto.pth"
+    torch.save(conv.state_dict(), path)
+    linear = ConvNeXt("convnext_atto", out_features=("res2", "res5"), conv_mlp=False).eval()
+    w = linear.state_dict()["stages.0.blocks.0.mlp.fc1.weight"]
+    assert w.shape == (160, 40)  # a matrix, where the file holds a (160, 40, 1, 1) kernel
+    load_convnext_weights(linear, str(path))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(conv(x).values(), linear(x).values()):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_layer_scale_init_sets_every_block_gamma():
+    trunk = ConvNeXt("convnext_atto", out_features=("res3",), layer_scale_init=0.5)
+    gammas = [v for k, v in trunk.state_dict().items() if k.endswith(".gamma")]
+    assert len(gammas) == 4  # 2 blocks in each of res2 and res3
+    assert all(torch.equal(g, torch.full_like(g, 0.5)) for g in gammas)

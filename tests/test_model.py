@@ -10,6 +10,7 @@ from torchvision.ops import box_iou
 from tests.model_utils import SCENE_BOXES, instances, scene, training_input
 from vclr_d2.modeling import VCLR, VCLRHead
 from vclr_d2.modeling.criterion import dice_loss
+from vclr_d2.modeling.postprocess import paste_masks
 
 
 def _student_params(model):
@@ -261,7 +262,7 @@ def test_pasted_masks_are_the_same_windowed_and_whole_image():
     # centre is inside the box (box_mask), threshold, and average the kept probabilities
     import torch.nn.functional as F
 
-    from vclr_d2.modeling.criterion import box_mask
+    from vclr_d2.modeling.boxes import box_mask
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(40, 12, 16, generator=g) * 3  # stride 8 over a padded 96 x 128 input
@@ -283,12 +284,12 @@ def test_pasted_masks_are_the_same_windowed_and_whole_image():
     ref_maskness = (probs * ref).flatten(1).sum(1) / ref.flatten(1).sum(1).clamp(min=1)
     assert ref[0].sum() <= 1 and ref.any(dim=(1, 2)).sum() > 20  # the case is not trivial
     for windowed in (True, False):
-        masks, maskness = VCLR.paste_masks(logits, 8, size, out_size, boxes, 0.5,
+        masks, maskness = paste_masks(logits, 8, size, out_size, boxes, 0.5,
                                            windowed=windowed, chunk=16)
         assert masks.dtype == torch.bool and masks.shape == (40, 180, 200)
         assert torch.equal(masks, ref), windowed
         assert torch.allclose(maskness, ref_maskness, atol=1e-6), windowed
-    masks, maskness = VCLR.paste_masks(logits[:0], 8, size, out_size, boxes[:0], 0.5)
+    masks, maskness = paste_masks(logits[:0], 8, size, out_size, boxes[:0], 0.5)
     assert masks.shape == (0, 180, 200) and maskness.shape == (0,)
 
 
@@ -395,7 +396,7 @@ def test_mask_rescoring_before_nms_changes_which_box_is_kept(model_cfg, rescore)
                       level_sizes=[2])
     head = SimpleNamespace(mask_stride=8,
                            mask_logits=lambda c, f: torch.einsum("pm,mhw->phw", c, f))
-    inst = model._inference_single(out, head, (64, 64), (64, 64))
+    inst = model.postprocessor(out, head, (64, 64), (64, 64))
     assert len(inst) == 1  # IoU 0.97: NMS keeps one
     kept_b = inst.pred_boxes.tensor[0, 3].item() == 41
     p_a, p_b = torch.sigmoid(torch.tensor(0.1)).item(), torch.sigmoid(torch.tensor(5.0)).item()

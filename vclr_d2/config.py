@@ -33,6 +33,10 @@ def _add_backbone_config(cfg: CN) -> None:
     # Initial layer-scale gamma of every block (timm's ls_init_value; ConvNeXt's 1e-6 makes each
     # residual block start near the identity). Overwritten by loaded trunk weights.
     cfg.MODEL.CONVNEXT.LAYER_SCALE_INIT = 1e-6
+    # Blocks' MLPs as 1x1 convs ("true") or linear layers on channels-last tensors ("false",
+    # faster on the CPU); "" keeps timm's choice for the model (1x1 convs for atto to nano).
+    # Trunk weights load into either layout.
+    cfg.MODEL.CONVNEXT.CONV_MLP = ""
     # Freeze the stem (1) and the first k-1 stages (k = 2..5); 0 freezes nothing.
     cfg.MODEL.CONVNEXT.FREEZE_AT = 0
     # Local file with trunk weights: a timm state dict (.pth/.bin/.safetensors) or a detectron2
@@ -168,6 +172,17 @@ def _add_vclr_model_config(cfg: CN) -> None:
     # "after_nms" only the kept ones (the first release); "none" keeps objectness. Maskness is
     # measured inside the predicted box, where the mask loss trains the masks.
     cfg.MODEL.VCLR.MASK_RESCORE = "before_nms"
+    # Pseudo-labels from the EMA teacher (not in the official v-CLR, whose teacher only gives
+    # L_sim targets): its detections with a score >= SCORE_THRESH that overlap no ground truth or
+    # proposal by more than TARGET_IOU (box IoU) join the proposals (L_obj), at most
+    # MAX_PER_IMAGE per image, from iteration START_ITER on. The teacher sees
+    # INPUT.VIEWS.TEACHER.
+    cfg.MODEL.VCLR.PSEUDO_LABELS = CN()
+    cfg.MODEL.VCLR.PSEUDO_LABELS.ENABLED = False
+    cfg.MODEL.VCLR.PSEUDO_LABELS.SCORE_THRESH = 0.5
+    cfg.MODEL.VCLR.PSEUDO_LABELS.MAX_PER_IMAGE = 10
+    cfg.MODEL.VCLR.PSEUDO_LABELS.TARGET_IOU = 0.5
+    cfg.MODEL.VCLR.PSEUDO_LABELS.START_ITER = 0
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -182,6 +197,9 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.VIEWS.DIRS = ["", "{split}_depth_cmap", "style_coco_{split}"]
     # File extension of each view's files.
     cfg.INPUT.VIEWS.EXTS = ["", ".png", ".jpg"]
+    # The view the teacher sees: "natural" (the paper) or one of NAMES, read for every image
+    # with the same geometry as the student's view.
+    cfg.INPUT.VIEWS.TEACHER = "natural"
     # Absolute root under which relative view folders are looked up instead of next to the
     # natural image's folder; empty for the official layout.
     cfg.INPUT.VIEWS.ROOT = ""

@@ -8,6 +8,8 @@ For each training image the mapper
    resize of the shortest edge and flip) and applies it to the view, the natural image, the
    ground truth (``annotations``) and the proposals (``pseudo_annotations``);
 3. returns ``image`` (the student's view, uint8 CHW), ``image_natural`` (the teacher's input),
+   ``image_teacher`` (the view ``INPUT.VIEWS.TEACHER`` when it is not "natural": then the
+   teacher's input),
    ``instances`` (class-agnostic ground truth: ``gt_boxes``, ``gt_classes`` = 0, ``gt_masks``),
    ``proposals`` (pseudo instances: ``gt_boxes``, ``scores`` and ``gt_masks`` when every
    proposal of the image has a segmentation), ``view`` (the name) and ``view_fallback``.
@@ -129,6 +131,7 @@ class VCLRDatasetMapper:
         view_probs: list[float],
         view_root: str = "",
         fallback_to_natural: bool = False,
+        teacher_view: str = "natural",
         use_instance_mask: bool = True,
         instance_mask_format: str = "bitmask",
         load_proposals: bool = True,
@@ -141,6 +144,8 @@ class VCLRDatasetMapper:
             views: the views the student can be shown; ``view_probs``: their probabilities.
             view_root: replaces the natural folder's parent when locating view files.
             fallback_to_natural: show the natural image (and flag it) when a view is missing.
+            teacher_view: the view the teacher sees, "natural" or one of ``views``' names; when
+                not natural it is output as ``image_teacher`` (same geometry).
             use_instance_mask: output ``gt_masks`` for ground truth and proposals.
             instance_mask_format: "bitmask" (polygons and RLE) or "polygon" (polygons only).
             load_proposals: output ``proposals`` from the dicts' ``pseudo_annotations``.
@@ -153,6 +158,12 @@ class VCLRDatasetMapper:
         self.view_probs = _check_views(self.views, view_probs)
         self.view_root = view_root
         self.fallback_to_natural = fallback_to_natural
+        names = [v.name for v in self.views]
+        if teacher_view != "natural" and teacher_view not in names:
+            raise ValueError(f"INPUT.VIEWS.TEACHER={teacher_view!r}: use 'natural' or one of "
+                             f"INPUT.VIEWS.NAMES {names}")
+        self.teacher_view = (None if teacher_view == "natural"
+                             else self.views[names.index(teacher_view)])
         self.use_instance_mask = use_instance_mask
         if instance_mask_format not in ("bitmask", "polygon"):
             raise ValueError(f"INPUT.MASK_FORMAT must be 'bitmask' or 'polygon', got "
@@ -184,6 +195,7 @@ class VCLRDatasetMapper:
             "view_probs": list(v.PROBS),
             "view_root": v.ROOT,
             "fallback_to_natural": v.FALLBACK_TO_NATURAL,
+            "teacher_view": v.TEACHER,
             "use_instance_mask": cfg.MODEL.MASK_ON,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
             "load_proposals": cfg.INPUT.LOAD_PROPOSALS,
@@ -205,10 +217,13 @@ class VCLRDatasetMapper:
     def sample_view(self) -> ViewSpec:
         return self.views[int(np.random.choice(len(self.views), p=self.view_probs))]
 
-    def read_view(self, dataset_dict: dict, natural: np.ndarray) -> tuple[np.ndarray, str, bool]:
-        """The sampled view's image, its name and whether the natural image replaced it."""
-        view = self.sample_view()
-        self.view_counts[view.name] += 1
+    def read_view(self, dataset_dict: dict, natural: np.ndarray, view: ViewSpec | None = None
+                  ) -> tuple[np.ndarray, str, bool]:
+        """The image of ``view`` (default: a sampled view), its name and whether the natural
+        image replaced it."""
+        if view is None:
+            view = self.sample_view()
+            self.view_counts[view.name] += 1
         if view.is_natural:
             return natural, view.name, False
         path = view_path(dataset_dict["file_name"], view, self.view_root)
@@ -270,6 +285,17 @@ class VCLRDatasetMapper:
             np.ascontiguousarray(natural_t.transpose(2, 0, 1)))
         dataset_dict["view"] = view_name
         dataset_dict["view_fallback"] = fallback
+        if self.teacher_view is not None:
+            if view_name == self.teacher_view.name and not fallback:
+                teacher_t = view_t
+            else:
+                teacher_image, _, teacher_fallback = self.read_view(dataset_dict, natural,
+                                                                    self.teacher_view)
+                teacher_t = (natural_t if teacher_image is natural
+                             else transforms.apply_image(teacher_image))
+                dataset_dict["view_fallback"] = fallback or teacher_fallback
+            dataset_dict["image_teacher"] = torch.as_tensor(
+                np.ascontiguousarray(teacher_t.transpose(2, 0, 1)))
 
         annos = [a for a in dataset_dict.pop("annotations", []) if a.get("iscrowd", 0) == 0]
         orig_shape = natural.shape[:2]

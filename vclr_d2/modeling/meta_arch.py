@@ -3,12 +3,14 @@
 Shape shorthand:
     N: images   R: locations   K: targets of an image   P: kept detections of an image
 
-Training input per image (``VCLRDatasetMapper``'s output): ``image`` (the student's view,
-uint8 CHW in ``INPUT.FORMAT``), ``image_natural`` (the natural image, same geometry; when absent
-the student's image is used), ``instances`` (ground truth: ``gt_boxes``, ``gt_masks``),
-``proposals`` (pseudo instances: ``gt_boxes``, optional ``gt_masks``), ``view`` (the view's
-name) and optionally ``view_fallback`` (True when a missing view file was replaced by the
-natural image). Inference input: ``image`` and optionally ``height``/``width``.
+Training input per image (``VCLRDatasetMapper``'s output): ``image`` (the student's view, uint8
+CHW in ``INPUT.FORMAT``), ``image_natural`` (the natural image, same geometry),
+``image_teacher`` (the teacher's view when ``INPUT.VIEWS.TEACHER`` is not "natural"; the teacher
+sees the first of ``image_teacher``, ``image_natural``, ``image`` present), ``instances``
+(ground truth: ``gt_boxes``, ``gt_masks``), ``proposals`` (pseudo instances: ``gt_boxes``,
+optional ``gt_masks``), ``view`` (the view's name) and optionally ``view_fallback`` (True when a
+missing view file was replaced by the natural image). Inference input: ``image`` and optionally
+``height``/``width``.
 
 The teacher is a copy of the student, updated only by ``update_teacher`` (the trainer's EMA
 hook calls it after every optimizer step): it has no gradients, is not in the optimizer, is
@@ -26,15 +28,17 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
+from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from torch import nn
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou
 
 from .augment import StudentAugmentation
-from .criterion import Targets, VCLRCriterion, box_cells
+from .criterion import Targets, VCLRCriterion
 from .head import HeadOutputs, VCLRHead
 from .matcher import build_matcher
+from .postprocess import PostProcessor
+from .pseudo_labels import TeacherPseudoLabeler
 
 __all__ = ["VCLR"]
 
@@ -60,12 +64,8 @@ class VCLR(nn.Module):
         sim_on: bool = True,
         test_with_teacher: bool = True,
         proposal_gt_dedup_iou: float = 0.7,
-        topk_candidates: int = 1000,
-        nms_thresh: float = 0.7,
-        score_thresh: float = 0.0,
-        mask_thresh: float = 0.5,
-        mask_rescore: str = "before_nms",
-        max_detections_per_image: int = 300,
+        postprocessor: PostProcessor | None = None,
+        pseudo_labeler: TeacherPseudoLabeler | None = None,
     ):
         """
         Args:
@@ -79,19 +79,11 @@ class VCLR(nn.Module):
             test_with_teacher: inference with the teacher's (EMA) weights.
             proposal_gt_dedup_iou: drop proposals whose box IoU with a ground-truth box exceeds
                 this (1.0 keeps all).
-            topk_candidates: candidates per level kept before NMS at inference.
-            nms_thresh: class-agnostic NMS IoU threshold at inference.
-            score_thresh: minimum objectness of a candidate at inference.
-            mask_thresh: probability threshold of the binary ``pred_masks``.
-            mask_rescore: "before_nms": score = sqrt(objectness * maskness) of every
-                candidate, then NMS and the cut (the official order); "after_nms": NMS and the
-                cut on objectness, then the rescoring (the first release); "none": objectness.
-            max_detections_per_image: detections kept after NMS.
+            postprocessor: turns head outputs into detections (default ``PostProcessor()``).
+            pseudo_labeler: adds the teacher's confident detections to the targets (not in the
+                official v-CLR); None for none.
         """
         super().__init__()
-        if mask_rescore not in ("before_nms", "after_nms", "none"):
-            raise ValueError(f"MODEL.VCLR.MASK_RESCORE={mask_rescore!r}: use before_nms, "
-                             "after_nms or none")
         if not 0.0 <= ema_decay <= 1.0:
             raise ValueError(f"MODEL.VCLR.EMA_DECAY={ema_decay}: must be in [0, 1]")
         self.backbone = backbone
@@ -110,12 +102,8 @@ class VCLR(nn.Module):
         self.sim_on = sim_on
         self.test_with_teacher = test_with_teacher
         self.proposal_gt_dedup_iou = proposal_gt_dedup_iou
-        self.topk_candidates = topk_candidates
-        self.nms_thresh = nms_thresh
-        self.score_thresh = score_thresh
-        self.mask_thresh = mask_thresh
-        self.mask_rescore = mask_rescore
-        self.max_detections_per_image = max_detections_per_image
+        self.postprocessor = postprocessor if postprocessor is not None else PostProcessor()
+        self.pseudo_labeler = pseudo_labeler
         self.register_load_state_dict_pre_hook(self._teacher_from_student_if_absent)
 
     @classmethod
@@ -134,12 +122,8 @@ class VCLR(nn.Module):
             "sim_on": v.SIM_ON,
             "test_with_teacher": v.TEST_WITH_TEACHER,
             "proposal_gt_dedup_iou": v.PROPOSAL_GT_DEDUP_IOU,
-            "topk_candidates": v.TOPK_CANDIDATES,
-            "nms_thresh": v.NMS_THRESH,
-            "score_thresh": v.SCORE_THRESH,
-            "mask_thresh": v.MASK_THRESH,
-            "mask_rescore": v.MASK_RESCORE,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "postprocessor": PostProcessor(cfg),
+            "pseudo_labeler": (TeacherPseudoLabeler(cfg) if v.PSEUDO_LABELS.ENABLED else None),
         }
 
     @property
@@ -244,20 +228,48 @@ class VCLR(nn.Module):
             return self.inference(batched_inputs)
         images = self.preprocess(batched_inputs, "image", augment=True)
         out_s = self.head(self.backbone(images.tensor))
-        targets = self.prepare_targets(batched_inputs, tuple(images.tensor.shape[-2:]))
+        padded = tuple(images.tensor.shape[-2:])
+        targets = self.prepare_targets(batched_inputs, padded)
+        out_t = None
+        if self.sim_on or self._pseudo_labels_active():
+            key = next(k for k in ("image_teacher", "image_natural", "image")
+                       if k in batched_inputs[0])
+            with torch.no_grad():
+                teacher_images = self.preprocess(batched_inputs, key, augment=False)
+                out_t = self.teacher["head"](self.teacher["backbone"](teacher_images.tensor))
+            if self._pseudo_labels_active():
+                stride = self.criterion.mask_loss_stride
+                targets, num_pseudo = self.pseudo_labeler(
+                    out_t, self.teacher["head"], self.postprocessor, targets,
+                    teacher_images.image_sizes, (padded[0] // stride, padded[1] // stride),
+                    stride)
+                self._put_scalar("vclr/num_pseudo", num_pseudo / max(len(batched_inputs), 1))
         matches_s = self._match(out_s, targets, images.image_sizes)
         losses = self.criterion.detection_losses(
             out_s, targets, matches_s, images.image_sizes, self.head.mask_logits)
         if self.sim_on:
-            key = "image_natural" if "image_natural" in batched_inputs[0] else "image"
             with torch.no_grad():
-                natural = self.preprocess(batched_inputs, key, augment=False)
-                out_t = self.teacher["head"](self.teacher["backbone"](natural.tensor))
-                matches_t = self._match(out_t, targets, natural.image_sizes)
+                matches_t = self._match(out_t, targets, teacher_images.image_sizes)
             losses["loss_sim"] = self.criterion.sim_loss(
                 out_s, out_t, matches_s, matches_t, [len(t) for t in targets])
         self._log(batched_inputs, targets, matches_s)
         return losses
+
+    def _pseudo_labels_active(self) -> bool:
+        if self.pseudo_labeler is None:
+            return False
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # outside a trainer
+            iteration = 0
+        return self.pseudo_labeler.active(iteration)
+
+    @staticmethod
+    def _put_scalar(name: str, value: float) -> None:
+        try:
+            get_event_storage().put_scalar(name, value)
+        except AssertionError:
+            pass
 
     def _match(self, out: HeadOutputs, targets: list[Targets], image_sizes
                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -296,144 +308,6 @@ class VCLR(nn.Module):
         out = head(backbone(images.tensor))
         results = []
         for i, (x, (h, w)) in enumerate(zip(batched_inputs, images.image_sizes)):
-            out_h, out_w = x.get("height", h), x.get("width", w)
-            results.append({"instances": self._inference_single(out[i], head, (h, w),
-                                                                (out_h, out_w))})
+            out_size = (x.get("height", h), x.get("width", w))
+            results.append({"instances": self.postprocessor(out[i], head, (h, w), out_size)})
         return results
-
-    def _inference_single(self, out: HeadOutputs, head: VCLRHead, size: tuple[int, int],
-                          out_size: tuple[int, int]) -> Instances:
-        score = out.objectness.sigmoid()
-        if out.quality is not None:
-            score = score * out.quality.sigmoid()
-        keep_idx = []
-        start = 0
-        for n in out.level_sizes:
-            s = score[start:start + n]
-            k = min(self.topk_candidates, n)
-            top = s.topk(k).indices + start
-            keep_idx.append(top[score[top] > self.score_thresh])
-            start += n
-        idx = torch.cat(keep_idx)
-        h, w = size
-        boxes = Boxes(out.boxes[idx].float())
-        boxes.clip((h, w))
-        nonempty = boxes.nonempty()
-        idx, boxes, cand_scores = idx[nonempty], boxes[nonempty], score[idx][nonempty].float()
-        with_masks = out.mask_coeffs is not None
-        if with_masks and self.mask_rescore == "before_nms":
-            # in chunks: all candidates' mask logits at once can be large at 800 px
-            maskness = torch.cat([
-                self.grid_maskness(head.mask_logits(out.mask_coeffs[i], out.mask_features),
-                                   b, head.mask_stride, self.mask_thresh)
-                for i, b in zip(idx.split(512), boxes.tensor.split(512))
-            ]) if len(idx) else cand_scores
-            cand_scores = (cand_scores * maskness).sqrt()
-        keep = nms(boxes.tensor, cand_scores, self.nms_thresh)
-        keep = keep[: self.max_detections_per_image]
-        idx, boxes, scores = idx[keep], boxes[keep], cand_scores[keep]
-
-        out_h, out_w = out_size
-        boxes.scale(out_w / w, out_h / h)
-        boxes.clip((out_h, out_w))
-        result = Instances((out_h, out_w))
-        if with_masks:
-            fg, maskness = self.paste_masks(
-                head.mask_logits(out.mask_coeffs[idx], out.mask_features), head.mask_stride,
-                size, out_size, boxes.tensor, self.mask_thresh)
-            if self.mask_rescore == "after_nms":
-                scores = (scores * maskness).sqrt()
-            result.pred_masks = fg
-        order = scores.argsort(descending=True, stable=True)
-        result.pred_boxes = boxes[order]
-        result.scores = scores[order]
-        result.pred_classes = torch.zeros(len(order), dtype=torch.int64, device=scores.device)
-        if result.has("pred_masks"):
-            result.pred_masks = result.pred_masks[order]
-        return result
-
-    @staticmethod
-    def grid_maskness(logits: torch.Tensor, boxes: torch.Tensor, stride: int, thresh: float
-                      ) -> torch.Tensor:
-        """Maskness on the mask-feature grid: the mean probability of the cells inside each box
-        whose probability exceeds ``thresh`` (0 for none).
-
-        Args:
-            logits: (P, Hm, Wm) mask logits at ``stride``; boxes: (P, 4) in input pixels.
-
-        Returns:
-            (P,) maskness.
-        """
-        in_y, in_x = box_cells(boxes, tuple(logits.shape[-2:]), stride)
-        p = logits.float().sigmoid()
-        fg = (p > thresh) & in_y[:, :, None] & in_x[:, None, :]
-        return (p * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
-
-    @staticmethod
-    def paste_masks(logits: torch.Tensor, stride: int, size: tuple[int, int],
-                    out_size: tuple[int, int], boxes: torch.Tensor, thresh: float,
-                    windowed: bool | None = None, chunk: int = 32
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary masks at the output size, empty outside each box, and their maskness.
-
-        The mask probability of an output pixel is the sigmoid of the mask logits resampled
-        bilinearly from the stride grid at the pixel's centre, in one step; ``pred_masks`` is
-        probability > ``thresh`` inside the box (pixel centres, see ``box_cells``); maskness is
-        the mean probability over the mask's pixels (0 for an empty mask).
-
-        Args:
-            logits: (P, Hm, Wm) mask logits of the padded input at ``stride``.
-            size: (h, w) of the unpadded input; out_size: (H, W) wanted.
-            boxes: (P, 4) boxes in output coordinates.
-            windowed: resample only each box's window, one mask at a time (less work: the
-                boxes' area instead of P x H x W; the default on the CPU), or whole images in
-                chunks of ``chunk`` masks (fewer, larger kernels: the default on a GPU). Both
-                give the same masks.
-
-        Returns:
-            (P, H, W) bool masks and (P,) maskness.
-        """
-        (h, w), (out_h, out_w) = size, out_size
-        hm, wm = logits.shape[-2:]
-        dev = logits.device
-        # output pixel centre -> input pixel -> normalised feature coordinate (align_corners=0)
-        gx = (torch.arange(out_w, device=dev) + 0.5) * (w / out_w) * 2 / (stride * wm) - 1
-        gy = (torch.arange(out_h, device=dev) + 0.5) * (h / out_h) * 2 / (stride * hm) - 1
-        masks = torch.zeros(len(logits), out_h, out_w, dtype=torch.bool, device=dev)
-        maskness = torch.zeros(len(logits), device=dev)
-        if not len(logits):
-            return masks, maskness
-        in_y, in_x = box_cells(boxes.float(), (out_h, out_w), 1)
-
-        def sample(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
-            return F.grid_sample(x[None].float(), grid, mode="bilinear",
-                                 padding_mode="border", align_corners=False)[0].sigmoid()
-
-        if windowed is None:
-            windowed = dev.type == "cpu"
-        if windowed:
-            # the inside of a box is a rectangle of rows x columns: its first and last ones
-            rows = torch.arange(out_h, device=dev)
-            cols = torch.arange(out_w, device=dev)
-            big = torch.iinfo(torch.int64).max
-            y0 = torch.where(in_y, rows, big).amin(1).tolist()
-            y1 = (torch.where(in_y, rows, -1).amax(1) + 1).tolist()
-            x0 = torch.where(in_x, cols, big).amin(1).tolist()
-            x1 = (torch.where(in_x, cols, -1).amax(1) + 1).tolist()
-            for i in range(len(logits)):
-                if y1[i] <= y0[i] or x1[i] <= x0[i]:
-                    continue
-                p = sample(logits[i:i + 1], gy[y0[i]:y1[i]], gx[x0[i]:x1[i]])[0]
-                fg = p > thresh
-                masks[i, y0[i]:y1[i], x0[i]:x1[i]] = fg
-                maskness[i] = (p * fg).sum() / fg.sum().clamp(min=1)
-            return masks, maskness
-        for s in range(0, len(logits), chunk):
-            inside = in_y[s:s + chunk, :, None] & in_x[s:s + chunk, None, :]
-            p = sample(logits[s:s + chunk], gy, gx)
-            fg = (p > thresh) & inside
-            masks[s:s + chunk] = fg
-            maskness[s:s + chunk] = ((p * fg).flatten(1).sum(1)
-                                     / fg.flatten(1).sum(1).clamp(min=1))
-        return masks, maskness

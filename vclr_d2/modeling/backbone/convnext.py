@@ -44,6 +44,7 @@ class ConvNeXt(Backbone):
         out_features: Sequence[str] = ("res3", "res4", "res5"),
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 1e-6,
+        conv_mlp: bool | None = None,
         freeze_at: int = 0,
         pretrained_download: bool = False,
     ):
@@ -54,6 +55,10 @@ class ConvNeXt(Backbone):
             drop_path_rate: stochastic depth rate of the trunk.
             layer_scale_init: initial value of the blocks' layer-scale gammas (timm's
                 ``ls_init_value``; 1e-6 is ConvNeXt's, for ImageNet training).
+            conv_mlp: the blocks' MLPs as 1x1 convolutions (True) or linear layers on
+                channels-last tensors (False); None keeps timm's choice for ``name`` (True for
+                atto to nano). Weights load into either (1x1 kernels and matrices are
+                reshaped).
             freeze_at: 0 freezes nothing, 1 the stem, k in 2..5 the stem and res2..res{k}.
             pretrained_download: let timm download its ImageNet weights (needs the internet).
         """
@@ -71,6 +76,7 @@ class ConvNeXt(Backbone):
         model = timm.create_model(
             name, pretrained=pretrained_download, num_classes=0, drop_path_rate=drop_path_rate,
             ls_init_value=layer_scale_init,
+            **({} if conv_mlp is None else {"conv_mlp": conv_mlp}),
         )
         num_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1
         self.name = name
@@ -145,6 +151,13 @@ def _read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
     return {k: torch.as_tensor(v) for k, v in data.items()}
 
 
+def _mlp_layout_only(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Shapes (O, I, 1, 1) and (O, I), in either order: an MLP weight as a 1x1 conv or a
+    matrix."""
+    a, b = tuple(a), tuple(b)
+    return a != b and (a[2:] == (1, 1) and a[:2] == b or b[2:] == (1, 1) and b[:2] == a)
+
+
 def load_convnext_weights(trunk: ConvNeXt, path: str) -> None:
     """Load trunk weights from ``path`` into ``trunk``, exactly or not at all.
 
@@ -166,6 +179,8 @@ def load_convnext_weights(trunk: ConvNeXt, path: str) -> None:
         src = state.get(prefix + key)
         if src is None:
             missing.append(key)
+        elif src.numel() == value.numel() and _mlp_layout_only(src.shape, value.shape):
+            loaded[key] = src.reshape(value.shape)  # 1x1 conv <-> linear MLP (conv_mlp)
         elif tuple(src.shape) != tuple(value.shape):
             mismatched.append(f"{key}: file {tuple(src.shape)} vs model {tuple(value.shape)}")
         else:
@@ -178,6 +193,13 @@ def load_convnext_weights(trunk: ConvNeXt, path: str) -> None:
         )
     trunk.load_state_dict(loaded, strict=True)
     logger.info("Loaded %d ConvNeXt trunk tensors from %s", len(loaded), path)
+
+
+def _conv_mlp_value(value: str) -> bool | None:
+    choices = {"": None, "true": True, "false": False}
+    if str(value).lower() not in choices:
+        raise ValueError(f"MODEL.CONVNEXT.CONV_MLP={value!r}: use 'true', 'false' or ''")
+    return choices[str(value).lower()]
 
 
 @BACKBONE_REGISTRY.register()
@@ -194,6 +216,7 @@ def build_convnext_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         out_features=c.OUT_FEATURES,
         drop_path_rate=c.DROP_PATH_RATE,
         layer_scale_init=c.LAYER_SCALE_INIT,
+        conv_mlp=_conv_mlp_value(c.CONV_MLP),
         freeze_at=c.FREEZE_AT,
         pretrained_download=c.PRETRAINED_DOWNLOAD and not c.WEIGHTS,
     )

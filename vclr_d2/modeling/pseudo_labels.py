@@ -1,0 +1,123 @@
+"""Pseudo-labels from the EMA teacher: its confident detections become extra proposal targets.
+
+Shape shorthand:
+    K: targets of an image   P: pseudo-labels of an image   Hm, Wm: mask-feature grid
+    Hl, Wl: mask-loss grid (padded input / mask-loss stride)
+
+Not part of the official v-CLR (its teacher only gives L_sim targets). With the teacher on a
+view that shows every object the same way (``INPUT.VIEWS.TEACHER`` = ``"depth"``), its
+detections include objects that no annotation and no proposal covers; as targets, they teach the
+student, on every view it is shown, what the teacher finds on that view. A detection becomes a
+pseudo-label when its score reaches ``score_thresh`` and its box overlaps no existing target (ground
+truth or proposal) above ``target_iou``; at most ``max_per_image`` per image, best first. Pseudo-
+labels join the proposals (the L_obj term) with the teacher's mask, cut to its box.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from torchvision.ops import box_iou
+
+from .boxes import box_mask
+from .criterion import Targets
+from .head import HeadOutputs, VCLRHead
+from .postprocess import PostProcessor
+
+__all__ = ["TeacherPseudoLabeler"]
+
+
+class TeacherPseudoLabeler:
+    """Adds the teacher's confident, uncovered detections to each image's targets."""
+
+    @configurable
+    def __init__(self, *, score_thresh: float = 0.5, max_per_image: int = 10,
+                 target_iou: float = 0.5, start_iter: int = 0, mask_thresh: float = 0.5):
+        """
+        Args:
+            score_thresh: minimum teacher score (``PostProcessor`` score) of a pseudo-label.
+            max_per_image: at most this many pseudo-labels per image.
+            target_iou: a detection whose box IoU with an existing target exceeds this is
+                dropped (the object already has a target).
+            start_iter: training iteration from which pseudo-labels are made (the teacher
+                first has to learn something).
+            mask_thresh: probability threshold of the teacher's masks.
+        """
+        if not 0.0 <= score_thresh <= 1.0:
+            raise ValueError(f"MODEL.VCLR.PSEUDO_LABELS.SCORE_THRESH={score_thresh}: must be "
+                             "in [0, 1]")
+        if max_per_image < 0:
+            raise ValueError(f"MODEL.VCLR.PSEUDO_LABELS.MAX_PER_IMAGE={max_per_image}: must be "
+                             ">= 0")
+        self.score_thresh = score_thresh
+        self.max_per_image = max_per_image
+        self.target_iou = target_iou
+        self.start_iter = start_iter
+        self.mask_thresh = mask_thresh
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        p = cfg.MODEL.VCLR.PSEUDO_LABELS
+        return {
+            "score_thresh": p.SCORE_THRESH,
+            "max_per_image": p.MAX_PER_IMAGE,
+            "target_iou": p.TARGET_IOU,
+            "start_iter": p.START_ITER,
+            "mask_thresh": cfg.MODEL.VCLR.MASK_THRESH,
+        }
+
+    def active(self, iteration: int) -> bool:
+        return self.max_per_image > 0 and iteration >= self.start_iter
+
+    @torch.no_grad()
+    def __call__(self, out: HeadOutputs, head: VCLRHead, postprocessor: PostProcessor,
+                 targets: list[Targets], image_sizes: list[tuple[int, int]],
+                 mask_grid: tuple[int, int], mask_loss_stride: int
+                 ) -> tuple[list[Targets], int]:
+        """
+        Args:
+            out: the teacher's head outputs of the batch (same geometry as the student's).
+            head: the teacher's head (for its mask logits and stride).
+            postprocessor: selects the teacher's detections (top-k, rescoring, NMS).
+            targets: per image, ground truth and proposals.
+            image_sizes: per image, (h, w) before padding.
+            mask_grid: (Hl, Wl), the mask-loss grid of ``targets``; mask_loss_stride: its
+                stride.
+
+        Returns:
+            the targets with the pseudo-labels appended (``is_gt`` False), and their number.
+        """
+        new, total = [], 0
+        for i, t in enumerate(targets):
+            idx, boxes, scores = postprocessor.select(out[i], head, image_sizes[i])
+            keep = (scores >= self.score_thresh).nonzero()[:, 0][: self.max_per_image]
+            idx, boxes = idx[keep], boxes.tensor[keep]
+            if len(t) and len(boxes):
+                uncovered = box_iou(boxes, t.boxes.to(boxes.dtype)).max(dim=1).values
+                uncovered = uncovered <= self.target_iou
+                idx, boxes = idx[uncovered], boxes[uncovered]
+            if not len(boxes):
+                new.append(t)
+                continue
+            total += len(boxes)
+            masks, has_mask = t.masks, t.has_mask
+            if out.mask_coeffs is not None:
+                grid = mask_grid
+                logits = head.mask_logits(out.mask_coeffs[i, idx], out.mask_features[i])
+                if logits.shape[-2:] != grid:
+                    logits = F.interpolate(logits[None], size=grid, mode="bilinear",
+                                           align_corners=False)[0]
+                pseudo = (logits.sigmoid() > self.mask_thresh).float()
+                pseudo = pseudo * box_mask(boxes, grid, mask_loss_stride)
+                if masks is None:
+                    masks = pseudo.new_zeros(len(t), *grid)
+                masks = torch.cat([masks, pseudo])
+                has_mask = torch.cat([has_mask, has_mask.new_ones(len(boxes))])
+            else:
+                has_mask = torch.cat([has_mask, has_mask.new_zeros(len(boxes))])
+            new.append(Targets(
+                boxes=torch.cat([t.boxes, boxes.to(t.boxes.dtype)]),
+                is_gt=torch.cat([t.is_gt, t.is_gt.new_zeros(len(boxes))]),
+                masks=masks, has_mask=has_mask))
+        return new, total
