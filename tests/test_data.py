@@ -240,3 +240,34 @@ def test_official_names_are_registered_class_agnostic_and_fail_only_on_use(monke
             DatasetCatalog.get("openworld_nonvoc_classes_val2017")
     finally:
         register_official_openworld_datasets()
+
+
+def test_teacher_view_has_the_student_geometry_and_names_a_bad_view(data_cfg, mixed):
+    """INPUT.VIEWS.TEACHER "rev" while the student is shown the natural image: the teacher's
+    image is the channel-reversed natural image under every sampled crop, resize and flip."""
+    data_cfg.INPUT.MIN_SIZE_TRAIN = (40, 56, 72)
+    data_cfg.INPUT.RANDOM_FLIP = "horizontal"
+    data_cfg.INPUT.CROP.ENABLED = True
+    data_cfg.INPUT.CROP.TYPE = "relative_range"
+    data_cfg.INPUT.CROP.SIZE = [0.5, 0.5]
+    data_cfg.INPUT.VIEWS.NAMES = ["natural", "rev"]
+    data_cfg.INPUT.VIEWS.PROBS = [1.0, 0.0]
+    data_cfg.INPUT.VIEWS.DIRS = ["", "{split}_rev"]
+    data_cfg.INPUT.VIEWS.EXTS = ["", ".png"]
+    data_cfg.INPUT.VIEWS.TEACHER = "rev"
+    mapper = VCLRDatasetMapper(data_cfg, is_train=True)
+    d = _dicts(mixed)[0]
+    np.random.seed(0)
+    shapes = set()
+    for _ in range(12):
+        out = mapper(d)
+        assert out["view"] == "natural"
+        assert torch.equal(out["image"], out["image_natural"])
+        assert torch.equal(out["image_teacher"], out["image_natural"].flip(0))
+        shapes.add(tuple(out["image"].shape))
+    assert len(shapes) >= 3
+    data_cfg.INPUT.VIEWS.TEACHER = "depth"
+    with pytest.raises(ValueError, match="INPUT.VIEWS.TEACHER='depth'"):
+        VCLRDatasetMapper(data_cfg, is_train=True)
+    data_cfg.INPUT.VIEWS.TEACHER = "natural"
+    assert "image_teacher" not in VCLRDatasetMapper(data_cfg, is_train=True)(d)

@@ -407,3 +407,60 @@ def test_mask_rescoring_before_nms_changes_which_box_is_kept(model_cfg, rescore)
         assert inst.scores[0].item() == pytest.approx((0.9 * p_a) ** 0.5, rel=1e-4)
     else:
         assert not kept_b and inst.scores[0].item() == pytest.approx(0.9, rel=1e-5)
+
+
+def _teacher_outputs(objectness, boxes, mask_dim=1, grid=(8, 8)):
+    from vclr_d2.modeling.head import HeadOutputs
+
+    n = len(boxes)
+    return HeadOutputs(
+        objectness=torch.logit(torch.tensor(objectness))[None], boxes=torch.tensor(boxes)[None],
+        embeddings=torch.zeros(1, n, 4), mask_coeffs=torch.full((1, n, mask_dim), 5.0),
+        quality=None, mask_features=torch.ones(1, mask_dim, *grid),
+        locations=torch.zeros(n, 2), strides=torch.full((n,), 8.0), level_sizes=[n])
+
+
+def test_pseudo_labels_keep_confident_uncovered_teacher_detections():
+    from types import SimpleNamespace
+
+    from vclr_d2.modeling.criterion import Targets
+    from vclr_d2.modeling.postprocess import PostProcessor
+    from vclr_d2.modeling.pseudo_labels import TeacherPseudoLabeler
+
+    # teacher detections: one on the ground-truth object (covered), two confident uncovered
+    # ones, one uncovered but below the score threshold; all with confident masks
+    out = _teacher_outputs([0.95, 0.9, 0.8, 0.3],
+                           [[0.0, 0, 16, 16], [32.0, 32, 48, 56], [40.0, 0, 60, 12],
+                            [0.0, 40, 20, 60]])
+    head = SimpleNamespace(mask_stride=8,
+                           mask_logits=lambda c, f: torch.einsum("pm,mhw->phw", c, f))
+    gt = Targets(boxes=torch.tensor([[1.0, 1, 16, 15]]), is_gt=torch.tensor([True]),
+                 masks=torch.ones(1, 16, 16), has_mask=torch.tensor([True]))
+    post = PostProcessor(mask_rescore="none")
+    labeler = TeacherPseudoLabeler(score_thresh=0.5, max_per_image=10, target_iou=0.5)
+    (t,), num = labeler(out, head, post, [gt], [(64, 64)], (16, 16), 4)
+    assert num == 2
+    assert t.boxes.tolist() == [[1.0, 1, 16, 15], [32.0, 32, 48, 56], [40.0, 0, 60, 12]]
+    assert t.is_gt.tolist() == [True, False, False] and t.has_mask.tolist() == [True] * 3
+    # a pseudo-label's mask target is the teacher's mask cut to its box, on the loss grid
+    assert t.masks.shape == (3, 16, 16)
+    assert t.masks[1].sum().item() == 4 * 6 and t.masks[1, 8:14, 8:12].min().item() == 1.0
+    labeler.max_per_image = 1
+    (t,), num = labeler(out, head, post, [gt], [(64, 64)], (16, 16), 4)
+    assert num == 1 and t.boxes[-1].tolist() == [32.0, 32, 48, 56]  # the best one
+    assert not labeler.active(-1) and TeacherPseudoLabeler(start_iter=5).active(5)
+
+
+def test_pseudo_labels_reach_the_proposal_term_in_training(model_cfg):
+    model_cfg.MODEL.VCLR.PSEUDO_LABELS.ENABLED = True
+    model_cfg.MODEL.VCLR.PSEUDO_LABELS.SCORE_THRESH = 0.0
+    model = build_model(model_cfg).train()
+    image, masks = scene()
+    x = training_input(image, masks[:1], boxes=SCENE_BOXES[:1])
+    plain = build_model(model_cfg).train()
+    plain.pseudo_labeler = None
+    plain.load_state_dict(model.state_dict())
+    assert plain(
+        [x])["loss_obj_box_l1"].item() == 0.0  # no proposals, no pseudo-labels: L_obj is empty
+    # with pseudo-labels (threshold 0) the untrained teacher's detections become L_obj targets
+    assert model([x])["loss_obj_box_l1"].item() > 0.0

@@ -159,6 +159,9 @@ def _add_vclr_model_config(cfg: CN) -> None:
     # Proposals whose box IoU with a ground-truth box exceeds this are dropped (the object is
     # already a ground-truth target); 1.0 keeps every proposal.
     cfg.MODEL.VCLR.PROPOSAL_GT_DEDUP_IOU = 0.7
+    # Proposals whose score (the discoverer's confidence) is below this are dropped; 0.0 keeps
+    # every proposal (the official code keeps the top-k per image whatever their score).
+    cfg.MODEL.VCLR.PROPOSAL_MIN_SCORE = 0.0
     # Candidates kept per level before NMS at inference.
     cfg.MODEL.VCLR.TOPK_CANDIDATES = 1000
     # Class-agnostic NMS IoU threshold at inference.

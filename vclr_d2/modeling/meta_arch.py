@@ -64,6 +64,7 @@ class VCLR(nn.Module):
         sim_on: bool = True,
         test_with_teacher: bool = True,
         proposal_gt_dedup_iou: float = 0.7,
+        proposal_min_score: float = 0.0,
         postprocessor: PostProcessor | None = None,
         pseudo_labeler: TeacherPseudoLabeler | None = None,
     ):
@@ -79,6 +80,8 @@ class VCLR(nn.Module):
             test_with_teacher: inference with the teacher's (EMA) weights.
             proposal_gt_dedup_iou: drop proposals whose box IoU with a ground-truth box exceeds
                 this (1.0 keeps all).
+            proposal_min_score: drop proposals whose score (the discoverer's confidence, the
+                ``scores`` of the proposals' Instances) is below this (0 keeps all).
             postprocessor: turns head outputs into detections (default ``PostProcessor()``).
             pseudo_labeler: adds the teacher's confident detections to the targets (not in the
                 official v-CLR); None for none.
@@ -102,6 +105,7 @@ class VCLR(nn.Module):
         self.sim_on = sim_on
         self.test_with_teacher = test_with_teacher
         self.proposal_gt_dedup_iou = proposal_gt_dedup_iou
+        self.proposal_min_score = proposal_min_score
         self.postprocessor = postprocessor if postprocessor is not None else PostProcessor()
         self.pseudo_labeler = pseudo_labeler
         self.register_load_state_dict_pre_hook(self._teacher_from_student_if_absent)
@@ -122,6 +126,7 @@ class VCLR(nn.Module):
             "sim_on": v.SIM_ON,
             "test_with_teacher": v.TEST_WITH_TEACHER,
             "proposal_gt_dedup_iou": v.PROPOSAL_GT_DEDUP_IOU,
+            "proposal_min_score": v.PROPOSAL_MIN_SCORE,
             "postprocessor": PostProcessor(cfg),
             "pseudo_labeler": (TeacherPseudoLabeler(cfg) if v.PSEUDO_LABELS.ENABLED else None),
         }
@@ -187,6 +192,8 @@ class VCLR(nn.Module):
             gt, props = x.get("instances"), x.get("proposals")
             gt = gt.to(self.device) if gt is not None else None
             props = props.to(self.device) if props is not None else None
+            if props is not None and self.proposal_min_score > 0 and props.has("scores"):
+                props = props[props.scores >= self.proposal_min_score]
             if gt is not None and props is not None and len(gt) and len(props):
                 iou = box_iou(props.gt_boxes.tensor, gt.gt_boxes.tensor)
                 props = props[iou.max(dim=1).values <= self.proposal_gt_dedup_iou]

@@ -91,12 +91,13 @@ class TeacherPseudoLabeler:
         new, total = [], 0
         for i, t in enumerate(targets):
             idx, boxes, scores = postprocessor.select(out[i], head, image_sizes[i])
-            keep = (scores >= self.score_thresh).nonzero()[:, 0][: self.max_per_image]
-            idx, boxes = idx[keep], boxes.tensor[keep]
+            keep = scores >= self.score_thresh
+            boxes = boxes.tensor
             if len(t) and len(boxes):
-                uncovered = box_iou(boxes, t.boxes.to(boxes.dtype)).max(dim=1).values
-                uncovered = uncovered <= self.target_iou
-                idx, boxes = idx[uncovered], boxes[uncovered]
+                overlap = box_iou(boxes, t.boxes.to(boxes.dtype)).max(dim=1).values
+                keep &= overlap <= self.target_iou
+            keep = keep.nonzero()[:, 0][: self.max_per_image]  # select() sorts best first
+            idx, boxes = idx[keep], boxes[keep]
             if not len(boxes):
                 new.append(t)
                 continue

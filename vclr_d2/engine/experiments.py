@@ -1,0 +1,168 @@
+"""Train-and-evaluate runs on the built-in synthetic set: the ablation rows and the demo.
+
+``tools/ablation.py`` and ``tools/demo.py`` are command lines over this module. A run is one
+config file (a row of the ablation) and one seed; it trains with ``VCLRTrainer`` into
+``<output>/<row>_seed<seed>/``, evaluates the EMA teacher on ``synth_openworld_val_all`` with the
+known/novel split of the set's families, and writes ``run.json`` there (metrics, training time).
+A run whose ``run.json`` exists is read back instead of trained again.
+
+Metrics are named ``"<objects> <box|mask> AR@<k>"`` with objects ``known`` (families annotated
+in training), ``novel`` (never annotated: the open-world score) and ``all``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.utils.env import seed_all_rng
+
+from vclr_d2.data.datasets import register_all
+
+from .setup import get_vclr_cfg
+
+__all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "openworld_metrics", "run_row",
+           "summarize", "markdown_table"]
+
+logger = logging.getLogger(__name__)
+
+TEST_SET = "synth_openworld_val_all"
+OBJECTS = ("known", "novel", "all")
+_SPLIT_SUFFIX = {"known": "_seen", "novel": "_unseen", "all": ""}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the ablation: a config file under ``configs/`` and what it adds."""
+
+    key: str
+    config: str
+    title: str
+
+
+ROWS: dict[str, Row] = {r.key: r for r in (
+    Row("a", "synthetic/baseline.yaml",
+        "known-class ground truth, natural images, no student augmentations (the paper's "
+        "baseline)"),
+    Row("b", "synthetic/proposals.yaml", "(a) + proposals"),
+    Row("c", "synthetic/views.yaml", "(b) + views and student augmentations"),
+    Row("d", "synthetic/vclr.yaml", "(c) + L_sim = v-CLR"),
+    Row("e", "synthetic/vclr_plus.yaml",
+        "(d) + teacher on the depth view, its pseudo-labels as targets"),
+    Row("m", "synthetic/mask_rcnn.yaml",
+        "detectron2 Mask R-CNN, same backbone and data as (a) (yardstick)"),
+)}
+
+
+def experiment_cfg(config_file: str, seed: int, output_dir: str,
+                   opts: Sequence[str] = ()) -> CfgNode:
+    """Frozen config of one run: ``config_file`` + ``opts`` with ``SEED`` = ``seed``; datasets
+    registered from it.
+
+    Raises:
+        ValueError: the config does not evaluate on ``synth_openworld_val_all`` with its known
+            families as ``TEST.OPENWORLD.KNOWN_CLASSES`` (the known/novel split).
+    """
+    cfg = get_vclr_cfg(config_file, list(opts))
+    cfg.SEED = seed
+    cfg.OUTPUT_DIR = output_dir
+    cfg.freeze()
+    register_all(cfg)
+    known = sorted(MetadataCatalog.get(TEST_SET).known_classes)
+    if TEST_SET not in cfg.DATASETS.TEST or sorted(cfg.TEST.OPENWORLD.KNOWN_CLASSES) != known:
+        raise ValueError(f"{config_file}: an ablation run evaluates on {TEST_SET!r} with "
+                         f"TEST.OPENWORLD.KNOWN_CLASSES {known}; it has DATASETS.TEST "
+                         f"{list(cfg.DATASETS.TEST)} and KNOWN_CLASSES "
+                         f"{list(cfg.TEST.OPENWORLD.KNOWN_CLASSES)}")
+    return cfg
+
+
+def openworld_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Box and mask AR@10 / AR@100 of known, novel and all objects from the open-world
+    evaluator's results on ``synth_openworld_val_all`` (with or without the dataset level)."""
+    res = results.get(TEST_SET, results)
+    out = {}
+    for task, label in (("bbox", "box"), ("segm", "mask")):
+        if task not in res:
+            continue
+        for objects in OBJECTS:
+            for k in ("AR@10", "AR@100"):
+                out[f"{objects} {label} {k}"] = float(res[task][k + _SPLIT_SUFFIX[objects]])
+    return out
+
+
+def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = ()
+            ) -> tuple[dict, object]:
+    """Train (or read back) and evaluate one run.
+
+    Returns:
+        the run record ``{"config", "seed", "opts", "metrics", "train_seconds",
+        "eval_seconds"}`` (also in ``<output_dir>/run.json``), and the trained model (None when
+        the record was read back).
+    """
+    from .trainer import VCLRTrainer
+
+    record_file = os.path.join(output_dir, "run.json")
+    if os.path.isfile(record_file):
+        with open(record_file) as f:
+            record = json.load(f)
+        logger.info(f"{record_file} exists: reusing it (delete the folder to train again)")
+        return record, None
+    cfg = experiment_cfg(config_file, seed, output_dir, opts)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    seed_all_rng(seed)
+    trainer = VCLRTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    # EvalHook evaluated the teacher after the last iteration when TEST.EVAL_PERIOD > 0
+    results = getattr(trainer, "_last_eval_results", None)
+    start = time.perf_counter()
+    if not results:
+        results = VCLRTrainer.test(cfg, trainer.model)
+    record = {
+        "config": config_file, "seed": seed, "opts": list(opts),
+        "metrics": openworld_metrics(results),
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - start, 1),
+    }
+    with open(record_file, "w") as f:
+        json.dump(record, f, indent=1)
+    return record, trainer.model
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaN-free inputs expected)."""
+    values = [float(v) for v in values]
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    mean, sd = summarize(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f}"
+
+
+def markdown_table(records: Mapping[str, Sequence[Mapping]], metrics: Sequence[str],
+                   titles: Mapping[str, str] | None = None) -> str:
+    """Rows = ``records`` keys (each a list of run records over seeds), columns = ``metrics``;
+    mean ± sample sd over the seeds."""
+    head = "| row | " + " | ".join(metrics) + " |"
+    rows = [head, "| --- |" + " ---: |" * len(metrics)]
+    for key, runs in records.items():
+        label = f"({key}) {titles[key]}" if titles and key in titles else key
+        cells = [_fmt([r["metrics"][m] for r in runs]) for m in metrics]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
