@@ -28,6 +28,7 @@ from detectron2.config import configurable
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .head import HeadOutputs
+from .soft_targets import proposal_weight_map
 
 __all__ = ["Targets", "VCLRCriterion", "dice_loss", "similarity_loss"]
 
@@ -41,12 +42,14 @@ class Targets:
         is_gt: (K,) bool, True for ground truth, False for proposals.
         masks: (K, Hl, Wl) float mask targets at the mask-loss stride (padded size), or None.
         has_mask: (K,) bool, whether target k has a mask.
+        weights: (K,) objectness-loss weights (proposal scores, 1 for ground truth), or None.
     """
 
     boxes: torch.Tensor
     is_gt: torch.Tensor
     masks: torch.Tensor | None
     has_mask: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -127,6 +130,7 @@ class VCLRCriterion:
         quality: str = "none",
         mask_loss_stride: int = 4,
         max_masks_per_image: int = 64,
+        proposal_score_weighting: bool = False,
     ):
         self.w = {"score": score_weight, "box_l1": box_l1_weight, "giou": giou_weight,
                   "dice": dice_weight, "mask": mask_weight}
@@ -139,6 +143,7 @@ class VCLRCriterion:
         self.quality = quality
         self.mask_loss_stride = mask_loss_stride
         self.max_masks_per_image = max_masks_per_image
+        self.proposal_score_weighting = proposal_score_weighting
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -156,6 +161,7 @@ class VCLRCriterion:
             "obj_weight": lo.OBJ_WEIGHT,
             "sim_weight": lo.SIM_WEIGHT,
             "sim_center": lo.SIM_CENTER,
+            "proposal_score_weighting": lo.PROPOSAL_SCORE_WEIGHTING,
             "match_weight": lo.MATCH_WEIGHT,
             "quality": cfg.MODEL.VCLR_HEAD.QUALITY,
             "mask_loss_stride": cfg.MODEL.VCLR_HEAD.MASK_LOSS_STRIDE,
@@ -193,6 +199,8 @@ class VCLRCriterion:
             out.objectness, (src >= 0).to(out.objectness.dtype), alpha=self.focal_alpha,
             gamma=self.focal_gamma, reduction="none",
         )
+        if self.proposal_score_weighting:  # soft proposal targets (soft_targets.py)
+            focal = focal * proposal_weight_map(focal, targets, matches)
 
         pos = {"gt": [], "obj": []}  # per image: (pred_idx, tgt_idx) of that term
         for (pred_idx, tgt_idx), t in zip(matches, targets):

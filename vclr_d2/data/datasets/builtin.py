@@ -9,6 +9,9 @@ The synthetic set (``vclr_d2.data.datasets.synthetic``) is registered lazily und
   (for the seen/unseen breakdown with ``TEST.OPENWORLD.KNOWN_CLASSES``).
 
 Its files are generated on first use into a cache folder keyed by the generator's parameters.
+
+``register_all(cfg)`` then registers the proposal variants of
+``DATASETS.OPENWORLD.PROPOSAL_VARIANTS`` (a dataset with its proposals replaced by a file's).
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ import io
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .openworld import load_openworld_json, register_official_openworld_datasets
+from .openworld import (
+    load_openworld_json,
+    register_official_openworld_datasets,
+    register_proposal_variant,
+)
 
 __all__ = ["SYNTHETIC_DATASETS", "register_all", "register_synthetic_openworld"]
 
@@ -80,3 +87,10 @@ def register_all(cfg=None) -> None:
                                          files)
     s = d.SYNTHETIC
     register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None)
+    for entry in d.OPENWORLD.PROPOSAL_VARIANTS:  # after the others: variants refer to them
+        name, sep, rest = entry.partition("=")
+        base, sep2, path = rest.partition(":")
+        if not (sep and sep2 and name and base and path):
+            raise ValueError(f"DATASETS.OPENWORLD.PROPOSAL_VARIANTS entry '{entry}' must be "
+                             "'<new name>=<registered dataset>:<proposals file>'")
+        register_proposal_variant(name, base, path)
