@@ -19,6 +19,7 @@ from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from tests.model_utils import scene, training_input
 from vclr_d2.data.datasets import register_all, register_proposal_variant
+from vclr_d2.data.datasets.synthetic import ensure_synthetic_openworld
 from vclr_d2.discovery import DiscoveryParams, ObjectDiscoverer, PixelFeatures, discover_dataset
 from vclr_d2.engine import get_vclr_cfg, summary_table
 from vclr_d2.evaluation import evaluate_recall
@@ -115,6 +116,18 @@ def test_proposal_variant_replaces_proposals_and_keeps_ground_truth(tmp_path):
     cfg.DATASETS.OPENWORLD.PROPOSAL_VARIANTS = ["no_colon=synth_openworld_train"]
     with pytest.raises(ValueError, match="no_colon"):
         register_all(cfg)
+    # your own dataset by config: a COCO file, its images and a separate proposals file
+    cfg.DATASETS.OPENWORLD.PROPOSAL_VARIANTS = []
+    cfg.DATASETS.OPENWORLD.CUSTOM = [["_test_own", meta.json_file,
+                                      MetadataCatalog.get("synth_openworld_train").image_root,
+                                      str(path)]]
+    register_all(cfg)
+    own = DatasetCatalog.get("_test_own")
+    assert [len(d["pseudo_annotations"]) for d in own] == [1] + [0] * 7
+    assert MetadataCatalog.get("_test_own").evaluator_type == "openworld"
+    cfg.DATASETS.OPENWORLD.CUSTOM = [["_test_own", meta.json_file]]
+    with pytest.raises(ValueError, match="CUSTOM entry"):
+        register_all(cfg)
     with pytest.raises(KeyError, match="'nope' is not registered"):
         register_proposal_variant("x", "nope", str(path))
 
@@ -141,11 +154,31 @@ def tiny_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("selftrain_data"))
 
 
-def test_self_train_two_rounds_end_to_end(tiny_root, tmp_path):
+def test_own_images_discovery_merge_and_two_self_training_rounds(tiny_root, tmp_path):
+    """The README's path for your own data: images + known-class COCO file + a local timm
+    checkpoint -> discover_objects -> merge_proposals -> self_train (2 rounds), each a fresh
+    process; the tiny synthetic set's images and known-family ground truth stand in."""
+    import timm
+
+    files = ensure_synthetic_openworld(num_train=8, num_val=4, image_size=64, seed=0,
+                                       root=tiny_root, progress=False)
+    ckpt = tmp_path / "vit.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=0).state_dict(), ckpt)
+    disc, mixed = tmp_path / "discovered.json", tmp_path / "train_mixed.json"
+    _run("discover_objects", "--gt", files.train_json, "--image-root", files.train_images,
+         "--source", f"timm:vit_tiny_patch16_224={ckpt}", "--input-size", "64",
+         "--out", disc, "--no-progress")
+    _run("merge_proposals", "--dets", disc, "--gt", files.train_json, "--topk", "2",
+         "--mix-out", mixed, "--no-progress")
+    num_base = sum(a.get("is_proposal", 0) for a in _read(mixed)["annotations"])
+    assert num_base > 0
+
     out = tmp_path / "st"
     args = ["--config-file", str(ROOT / "configs/synthetic/vclr.yaml"), "--rounds", "2",
-            "--output", str(out), "--topk", "3", "--soft-targets", *TINY,
-            "DATASETS.SYNTHETIC.ROOT", tiny_root]
+            "--output", str(out), "--topk", "3", "--soft-targets", "--merge-base-proposals",
+            *TINY, "DATASETS.SYNTHETIC.ROOT", tiny_root,
+            "DATASETS.OPENWORLD.CUSTOM", f"[['my_train', '{mixed}', '{files.train_images}']]",
+            "DATASETS.TRAIN", "('my_train',)"]
     log = _run("self_train", *args)
     assert "| round 1 | round 2 | round 2 - round 1 |" in log
     r1, r2 = out / "seed0" / "round_1", out / "seed0" / "round_2"
@@ -153,14 +186,16 @@ def test_self_train_two_rounds_end_to_end(tiny_root, tmp_path):
         assert (r1 / f).is_file() and (r2 / f).is_file()
     assert not (r1 / "proposals.json").exists()
 
-    # round 2's proposals: the round-1 teacher's predictions, selected
+    # round 2's proposals: the round-1 teacher's predictions and the discovered proposals,
+    # selected
     props, counts = _read(r2 / "proposals.json"), _read(r2 / "selection.json")
     cfg2 = get_vclr_cfg(str(r2 / "config.yaml"))
     register_all(cfg2)
-    gt = _read(MetadataCatalog.get("synth_openworld_train").json_file)
+    gt = _read(files.train_json)
     assert [i["id"] for i in props["images"]] == [i["id"] for i in gt["images"]]
     assert counts["images"] == 8 and counts["kept"] == len(props["annotations"]) > 0
-    assert counts["read"] == 8 * 20  # DETECTIONS_PER_IMAGE predictions of every image
+    # DETECTIONS_PER_IMAGE predictions of every image, and the round-1 proposals
+    assert counts["read"] == 8 * 20 + num_base
     per_image = {}
     for a in props["annotations"]:
         per_image.setdefault(a["image_id"], []).append(a)
@@ -176,14 +211,16 @@ def test_self_train_two_rounds_end_to_end(tiny_root, tmp_path):
             assert iou.max() <= 0.5
 
     # round 2 trained on them, from round 1's weights, with soft targets
-    assert cfg2.DATASETS.TRAIN == ("synth_openworld_train_selftrain_r2",)
+    assert cfg2.DATASETS.TRAIN == ("my_train_selftrain_r2",)
     assert cfg2.DATASETS.OPENWORLD.PROPOSAL_VARIANTS == [
-        f"synth_openworld_train_selftrain_r2=synth_openworld_train:{r2 / 'proposals.json'}"]
+        f"my_train_selftrain_r2=my_train:{r2 / 'proposals.json'}"]
     assert cfg2.MODEL.WEIGHTS == str(r1 / "model_final.pth")
     assert cfg2.MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING
     assert not get_vclr_cfg(str(r1 / "config.yaml")).MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING
-    loaded = DatasetCatalog.get("synth_openworld_train_selftrain_r2")
+    loaded = DatasetCatalog.get("my_train_selftrain_r2")
     assert sum(len(d["pseudo_annotations"]) for d in loaded) == counts["kept"]
+    assert [d["annotations"] for d in loaded] == [d["annotations"] for d in
+                                                 DatasetCatalog.get("my_train")]
 
     # metrics: known/novel split on val_all (its ground truth has the known families)
     for rd in (r1, r2):

@@ -181,6 +181,10 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.OPENWORLD.PROPOSAL_RULE = "field:is_proposal"
     # Separate proposals files of official datasets, as "<dataset name>=<path>" entries.
     cfg.DATASETS.OPENWORLD.PROPOSAL_FILES = []
+    # Your own datasets, each [name, COCO json file, image folder] or [name, json, images,
+    # separate proposals file]; registered like the official ones (class-agnostic, open-world
+    # evaluator; proposals inside the json told apart by PROPOSAL_RULE).
+    cfg.DATASETS.OPENWORLD.CUSTOM = []
     # Datasets registered as another registered dataset with its proposals replaced by those of
     # a file, as "<new name>=<registered dataset>:<proposals file>" entries (e.g. discovered
     # objects, or a self-training round's proposals written by tools/self_train.py).

@@ -131,6 +131,8 @@ def train_and_evaluate(cfg) -> dict:
         DetectionCheckpointer(model).load(final)
         results = RoundTrainer.test(cfg, model)
     else:
+        logger.info(f"training {cfg.OUTPUT_DIR} on {list(cfg.DATASETS.TRAIN)} from "
+                    f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS or '(none)'}")
         trainer = RoundTrainer(cfg)
         trainer.resume_or_load(resume=False)
         trainer.train()

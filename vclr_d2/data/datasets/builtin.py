@@ -10,8 +10,9 @@ The synthetic set (``vclr_d2.data.datasets.synthetic``) is registered lazily und
 
 Its files are generated on first use into a cache folder keyed by the generator's parameters.
 
-``register_all(cfg)`` then registers the proposal variants of
-``DATASETS.OPENWORLD.PROPOSAL_VARIANTS`` (a dataset with its proposals replaced by a file's).
+``register_all(cfg)`` then registers your own datasets of ``DATASETS.OPENWORLD.CUSTOM`` and the
+proposal variants of ``DATASETS.OPENWORLD.PROPOSAL_VARIANTS`` (a dataset with its proposals
+replaced by a file's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .openworld import (
     load_openworld_json,
     register_official_openworld_datasets,
+    register_openworld_dataset,
     register_proposal_variant,
 )
 
@@ -87,6 +89,15 @@ def register_all(cfg=None) -> None:
                                          files)
     s = d.SYNTHETIC
     register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None)
+    for entry in d.OPENWORLD.CUSTOM:
+        if not (isinstance(entry, (list, tuple)) and len(entry) in (3, 4)
+                and all(isinstance(x, str) and x for x in entry)):
+            raise ValueError(f"DATASETS.OPENWORLD.CUSTOM entry {entry!r} must be [name, json "
+                             "file, image folder] or [name, json file, image folder, "
+                             "proposals file]")
+        register_openworld_dataset(entry[0], entry[1], entry[2],
+                                   proposals_file=entry[3] if len(entry) == 4 else None,
+                                   proposal_rule=d.OPENWORLD.PROPOSAL_RULE)
     for entry in d.OPENWORLD.PROPOSAL_VARIANTS:  # after the others: variants refer to them
         name, sep, rest = entry.partition("=")
         base, sep2, path = rest.partition(":")
