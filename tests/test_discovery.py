@@ -248,6 +248,18 @@ def test_timm_vit_keys_from_a_local_checkpoint(tiny_vit):
     assert tokens[0].shape == (6, 6, 192) and not np.allclose(tokens[0], keys[0])
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_timm_features_batched_on_cuda_equal_the_cpu(tiny_vit):
+    path, kwargs = tiny_vit
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(4)]
+    cpu = TimmFeatures("vit_tiny_patch16_224", path, 48, model_kwargs=kwargs)(images)
+    gpu = TimmFeatures("vit_tiny_patch16_224", path, 48, device="cuda",
+                       model_kwargs=kwargs)(images)
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+
+
 def test_timm_cnn_and_checkpoint_errors(tiny_vit, tmp_path):
     import timm
 
