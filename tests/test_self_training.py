@@ -60,6 +60,13 @@ def _read(path):
     return json.loads(Path(path).read_text())
 
 
+@pytest.mark.parametrize("name", ["self_train", "compare_proposals", "eval_proposals"])
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        _tool(name).main(["--help"])
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- soft targets
 def test_soft_targets_weight_the_objectness_of_proposal_positives(model_cfg):
     model = build_model(model_cfg).train()

@@ -9,11 +9,12 @@
 Each ``--proposals NAME=FILE`` (repeated) is one arm: the config's training set (one dataset)
 with its proposals replaced by those of FILE (``DATASETS.OPENWORLD.PROPOSAL_VARIANTS``); an
 empty FILE keeps the training set's own proposals. Every arm trains with every seed
-(``<output>/<name>_seed<s>/``: config.yaml, checkpoints, metrics.json) and is evaluated with its
-teacher on ``DATASETS.TEST``, known and novel objects apart where the ground truth has known
-classes. ``compare_proposals.md`` / ``.json``: box and mask AR@10/AR@100, mean ± standard
-deviation over the seeds, and each arm minus the first. Finished runs are evaluated, not
-retrained. Extra ``KEY VALUE`` pairs at the end override the config.
+(``<output>/<name>_seed<s>/``, ``--output`` defaulting to the config's ``OUTPUT_DIR``:
+config.yaml, checkpoints, metrics.json) and is evaluated with its teacher on ``DATASETS.TEST``,
+known and novel objects apart where the ground truth has known classes. ``compare_proposals.md``
+/ ``.json``: box and mask AR@10/AR@100, mean ± standard deviation over the seeds, and each arm
+minus the first. Finished runs are evaluated, not retrained. Extra ``KEY VALUE`` pairs at the
+end override the config (after an option other than ``--seeds``, which takes several values).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an arm (repeat the option); an empty FILE keeps the training set's "
                         "own proposals")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="SEED of each run (0)")
-    p.add_argument("--output", default="output/compare_proposals", help="output folder")
+    p.add_argument("--output", default=None,
+                   help="output folder (default: the config's OUTPUT_DIR)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     arms = []
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         if path and not os.path.isfile(path):
             p.error(f"--proposals {name}: file not found: {path}")
         arms.append((name, os.path.abspath(path) if path else ""))
+    if args.output is None:
+        args.output = get_vclr_cfg(args.config_file, args.opts).OUTPUT_DIR
 
     from detectron2.utils.logger import setup_logger
 

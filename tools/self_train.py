@@ -16,13 +16,15 @@ threshold, NMS, no overlap with ground truth, top-k per image), written as
 (``DATASETS.OPENWORLD.PROPOSAL_VARIANTS``) and trained on, from round r's weights (or from
 scratch with ``--from-scratch``), with score-weighted proposal targets with ``--soft-targets``.
 
-Everything goes to ``--output``: per seed ``seed<s>/round_<r>/`` (config.yaml that
-``tools/train_net.py`` reruns, proposals.json, selection.json, checkpoints, metrics.json) and
-``seed<s>/self_training.json``; then ``self_training.md`` / ``.json``: each round's box and mask
-AR@10/AR@100 on ``DATASETS.TEST`` (known and novel objects apart where the ground truth has
-known classes), mean ± standard deviation over the seeds, and every round minus round 1.
-An interrupted run resumes: finished rounds are evaluated, not retrained. Extra ``KEY VALUE``
-pairs at the end override the config (e.g. ``SOLVER.MAX_ITER 100``).
+Everything goes to ``--output`` (default: the config's ``OUTPUT_DIR``): per seed
+``seed<s>/round_<r>/`` (config.yaml that ``tools/train_net.py`` reruns, proposals.json,
+selection.json, checkpoints, metrics.json) and ``seed<s>/self_training.json``; then
+``self_training.md`` / ``.json``: each round's box and mask AR@10/AR@100 on ``DATASETS.TEST``
+(known and novel objects apart where the ground truth has known classes), mean ± standard
+deviation over the seeds, and every round minus round 1. An interrupted run resumes: finished
+rounds are evaluated, not retrained. Extra ``KEY VALUE`` pairs at the end override the
+config (e.g. ``SOLVER.MAX_ITER 100``; after an option other than ``--seeds``, which takes
+several values).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", required=True, help="the round-1 training config")
     p.add_argument("--rounds", type=int, default=2, help="number of rounds (2)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="SEED of each run (0)")
-    p.add_argument("--output", default="output/self_train", help="output folder")
+    p.add_argument("--output", default=None,
+                   help="output folder (default: the config's OUTPUT_DIR)")
     p.add_argument("--score-thresh", type=float, default=0.0,
                    help="drop teacher predictions below this score (0)")
     p.add_argument("--nms-iou", type=float, default=0.5, help="class-agnostic NMS IoU (0.5)")
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.output is None:
+        args.output = get_vclr_cfg(args.config_file, args.opts).OUTPUT_DIR
     from detectron2.utils.logger import setup_logger
 
     from vclr_d2.data.datasets import register_all
