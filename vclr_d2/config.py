@@ -134,6 +134,9 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_LOSS.SIM_CENTER = False
     # lambda_match: multiplies (lambda_obj * L_obj + lambda_sim * L_sim).
     cfg.MODEL.VCLR_LOSS.MATCH_WEIGHT = 1.0
+    # Soft proposal targets (CuVLER's self-training): the objectness loss of a location matched
+    # to a proposal is multiplied by the proposal's score (vclr_d2/modeling/soft_targets.py).
+    cfg.MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING = False
 
 
 def _add_vclr_model_config(cfg: CN) -> None:
@@ -224,6 +227,14 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.OPENWORLD.PROPOSAL_RULE = "field:is_proposal"
     # Separate proposals files of official datasets, as "<dataset name>=<path>" entries.
     cfg.DATASETS.OPENWORLD.PROPOSAL_FILES = []
+    # Your own datasets, each [name, COCO json file, image folder] or [name, json, images,
+    # separate proposals file]; registered like the official ones (class-agnostic, open-world
+    # evaluator; proposals inside the json told apart by PROPOSAL_RULE).
+    cfg.DATASETS.OPENWORLD.CUSTOM = []
+    # Datasets registered as another registered dataset with its proposals replaced by those of
+    # a file, as "<new name>=<registered dataset>:<proposals file>" entries (e.g. discovered
+    # objects, or a self-training round's proposals written by tools/self_train.py).
+    cfg.DATASETS.OPENWORLD.PROPOSAL_VARIANTS = []
     cfg.DATASETS.SYNTHETIC = CN()
     # Number of images of the synthetic training split.
     cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 1000

@@ -37,6 +37,7 @@ from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_los
 from .boxes import box_mask, centerness
 from .head import HeadOutputs
 from .numerics import float32_outside_autocast, mean_count_over_processes
+from .soft_targets import proposal_weight_map
 
 __all__ = ["Targets", "VCLRCriterion", "dice_loss", "quality_focal_loss", "similarity_loss"]
 
@@ -50,12 +51,14 @@ class Targets:
         is_gt: (K,) bool, True for ground truth, False for proposals.
         masks: (K, Hl, Wl) float mask targets at the mask-loss stride (padded size), or None.
         has_mask: (K,) bool, whether target k has a mask.
+        weights: (K,) objectness-loss weights (proposal scores, 1 for ground truth), or None.
     """
 
     boxes: torch.Tensor
     is_gt: torch.Tensor
     masks: torch.Tensor | None
     has_mask: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -115,6 +118,7 @@ class VCLRCriterion:
         quality: str = "none",
         mask_loss_stride: int = 4,
         max_masks_per_image: int = 64,
+        proposal_score_weighting: bool = False,
     ):
         if score_loss not in ("joint", "split"):
             raise ValueError(f"MODEL.VCLR_LOSS.SCORE_LOSS={score_loss!r}: use joint or split")
@@ -133,6 +137,7 @@ class VCLRCriterion:
         self.quality = quality
         self.mask_loss_stride = mask_loss_stride
         self.max_masks_per_image = max_masks_per_image
+        self.proposal_score_weighting = proposal_score_weighting
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -152,6 +157,7 @@ class VCLRCriterion:
             "obj_weight": lo.OBJ_WEIGHT,
             "sim_weight": lo.SIM_WEIGHT,
             "sim_center": lo.SIM_CENTER,
+            "proposal_score_weighting": lo.PROPOSAL_SCORE_WEIGHTING,
             "match_weight": lo.MATCH_WEIGHT,
             "quality": cfg.MODEL.VCLR_HEAD.QUALITY,
             "mask_loss_stride": cfg.MODEL.VCLR_HEAD.MASK_LOSS_STRIDE,
@@ -194,6 +200,8 @@ class VCLRCriterion:
         else:
             focal = quality_focal_loss(out.objectness, self._iou_targets(out, targets, matches),
                                        beta=self.focal_gamma)
+        if self.proposal_score_weighting:  # soft proposal targets (soft_targets.py)
+            focal = focal * proposal_weight_map(focal, targets, matches)
 
         pos = {"gt": [], "obj": []}  # per image: (pred_idx, tgt_idx) of that term
         for (pred_idx, tgt_idx), t in zip(matches, targets):

@@ -200,11 +200,14 @@ class VCLR(nn.Module):
             boxes = [torch.zeros(0, 4, device=self.device)]
             is_gt = [torch.zeros(0, dtype=torch.bool, device=self.device)]
             masks, has_mask = [torch.zeros(0, *mask_shape, device=self.device)], [is_gt[0]]
+            weights = [boxes[0][:, 0]]  # proposal scores for soft targets, 1 for ground truth
             for part, flag in ((gt, True), (props, False)):
                 if part is None:
                     continue
                 n = len(part)
                 with_masks = self.head.mask_on and part.has("gt_masks")
+                weights.append(part.scores.float() if not flag and part.has("scores")
+                               else torch.ones(n, device=self.device))
                 boxes.append(part.gt_boxes.tensor.float())
                 is_gt.append(torch.full((n,), flag, dtype=torch.bool, device=self.device))
                 has_mask.append(torch.full((n,), with_masks, dtype=torch.bool,
@@ -215,6 +218,7 @@ class VCLR(nn.Module):
             out.append(Targets(
                 boxes=torch.cat(boxes), is_gt=torch.cat(is_gt),
                 masks=torch.cat(masks) if has_mask_t.any() else None, has_mask=has_mask_t,
+                weights=torch.cat(weights),
             ))
         return out
 

@@ -10,7 +10,8 @@ detections include objects that no annotation and no proposal covers; as targets
 student, on every view it is shown, what the teacher finds on that view. A detection becomes a
 pseudo-label when its score reaches ``score_thresh`` and its box overlaps no existing target (ground
 truth or proposal) above ``target_iou``; at most ``max_per_image`` per image, best first. Pseudo-
-labels join the proposals (the L_obj term) with the teacher's mask, cut to its box.
+labels join the proposals (the L_obj term) with the teacher's mask, cut to its box, and the
+teacher's score as their proposal score (``MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class TeacherPseudoLabeler:
                 overlap = box_iou(boxes, t.boxes.to(boxes.dtype)).max(dim=1).values
                 keep &= overlap <= self.target_iou
             keep = keep.nonzero()[:, 0][: self.max_per_image]  # select() sorts best first
-            idx, boxes = idx[keep], boxes[keep]
+            idx, boxes, scores = idx[keep], boxes[keep], scores[keep]
             if not len(boxes):
                 new.append(t)
                 continue
@@ -120,5 +121,7 @@ class TeacherPseudoLabeler:
             new.append(Targets(
                 boxes=torch.cat([t.boxes, boxes.to(t.boxes.dtype)]),
                 is_gt=torch.cat([t.is_gt, t.is_gt.new_zeros(len(boxes))]),
-                masks=masks, has_mask=has_mask))
+                masks=masks, has_mask=has_mask,
+                weights=None if t.weights is None else torch.cat(
+                    [t.weights, scores.to(t.weights.dtype)])))
         return new, total

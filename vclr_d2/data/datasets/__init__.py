@@ -8,6 +8,7 @@ from .openworld import (
     parse_proposal_rule,
     register_official_openworld_datasets,
     register_openworld_dataset,
+    register_proposal_variant,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "register_all",
     "register_official_openworld_datasets",
     "register_openworld_dataset",
+    "register_proposal_variant",
     "register_synthetic_openworld",
 ]
 

@@ -9,6 +9,10 @@ The synthetic set (``vclr_d2.data.datasets.synthetic``) is registered lazily und
   (for the seen/unseen breakdown with ``TEST.OPENWORLD.KNOWN_CLASSES``).
 
 Its files are generated on first use into a cache folder keyed by the generator's parameters.
+
+``register_all(cfg)`` then registers your own datasets of ``DATASETS.OPENWORLD.CUSTOM`` and the
+proposal variants of ``DATASETS.OPENWORLD.PROPOSAL_VARIANTS`` (a dataset with its proposals
+replaced by a file's).
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ import io
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .openworld import load_openworld_json, register_official_openworld_datasets
+from .openworld import (
+    load_openworld_json,
+    register_official_openworld_datasets,
+    register_openworld_dataset,
+    register_proposal_variant,
+)
 
 __all__ = ["SYNTHETIC_DATASETS", "register_all", "register_synthetic_openworld"]
 
@@ -80,3 +89,19 @@ def register_all(cfg=None) -> None:
                                          files)
     s = d.SYNTHETIC
     register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None)
+    for entry in d.OPENWORLD.CUSTOM:
+        if not (isinstance(entry, (list, tuple)) and len(entry) in (3, 4)
+                and all(isinstance(x, str) and x for x in entry)):
+            raise ValueError(f"DATASETS.OPENWORLD.CUSTOM entry {entry!r} must be [name, json "
+                             "file, image folder] or [name, json file, image folder, "
+                             "proposals file]")
+        register_openworld_dataset(entry[0], entry[1], entry[2],
+                                   proposals_file=entry[3] if len(entry) == 4 else None,
+                                   proposal_rule=d.OPENWORLD.PROPOSAL_RULE)
+    for entry in d.OPENWORLD.PROPOSAL_VARIANTS:  # after the others: variants refer to them
+        name, sep, rest = entry.partition("=")
+        base, sep2, path = rest.partition(":")
+        if not (sep and sep2 and name and base and path):
+            raise ValueError(f"DATASETS.OPENWORLD.PROPOSAL_VARIANTS entry '{entry}' must be "
+                             "'<new name>=<registered dataset>:<proposals file>'")
+        register_proposal_variant(name, base, path)

@@ -20,6 +20,11 @@ How ground truth is told apart from proposals, both ways are supported:
 2. a SEPARATE proposals file (COCO format with ``images``/``annotations``, or a COCO results
    list), matched to the images by ``image_id``; ``tools/merge_proposals.py --out`` writes one.
 
+A registered dataset can also be re-registered under a new name with its proposals REPLACED by
+those of a proposals file (``register_proposal_variant``; config key
+``DATASETS.OPENWORLD.PROPOSAL_VARIANTS``): the same images and ground truth, other proposals
+(discovered objects, a self-training round's teacher predictions).
+
 Metadata: ``thing_classes = ["object"]``, ``evaluator_type = "openworld"``, ``json_file``,
 ``image_root`` (and ``proposals_file``). Registration never reads files; loading a dataset
 whose files are absent raises ``FileNotFoundError`` naming the dataset and the file.
@@ -326,3 +331,40 @@ def register_official_openworld_datasets(
         register_openworld_dataset(
             name, os.path.join(root, json_file), os.path.join(root, images),
             proposals_file=proposal_files.get(name), proposal_rule=proposal_rule)
+
+
+def register_proposal_variant(name: str, base: str, proposals_file: str) -> None:
+    """Register ``name``: the images and ground truth of the registered dataset ``base``, with
+    the proposals of ``proposals_file`` (matched by ``image_id``) instead of base's.
+
+    The metadata is base's (``json_file`` stays base's ground truth) plus ``proposals_file``
+    and ``base_dataset``. Reads no file until the dataset is loaded.
+
+    Raises:
+        KeyError: ``base`` is not registered.
+    """
+    if base not in DatasetCatalog.list():
+        raise KeyError(f"proposal variant '{name}': base dataset '{base}' is not registered")
+    if name == base:
+        raise ValueError(f"proposal variant '{name}' must have another name than its base")
+
+    def load() -> list[dict]:
+        proposals = load_proposals_file(proposals_file, name)
+        dicts = [dict(d, pseudo_annotations=proposals.get(d["image_id"], []))
+                 for d in DatasetCatalog.get(base)]
+        unknown = set(proposals) - {d["image_id"] for d in dicts}
+        if unknown:
+            logger.warning(f"{proposals_file}: {len(unknown)} image ids not in '{base}' ignored")
+        logger.info(f"'{name}': the {len(dicts)} images of '{base}' with "
+                    f"{sum(len(d['pseudo_annotations']) for d in dicts)} proposals of "
+                    f"{proposals_file}")
+        return dicts
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, load)
+    meta = {k: v for k, v in MetadataCatalog.get(base).as_dict().items() if k != "name"}
+    meta.update(proposals_file=proposals_file, base_dataset=base)
+    with contextlib.redirect_stdout(io.StringIO()):
+        MetadataCatalog.get(name).set(**meta)
