@@ -152,9 +152,10 @@ def _add_vclr_model_config(cfg: CN) -> None:
     # Patch mixing: x <- lam * x + (1 - lam) * up(random (h/8 x w/8) patch), lam ~ U[LOW, 1].
     cfg.MODEL.VCLR.PATCH_MIX_PROB = 1.0
     cfg.MODEL.VCLR.PATCH_MIX_LAMBDA_LOW = 0.5
-    # Random erasing on the normalised student image, fill 0: probability, area fraction range
-    # (uniform) and aspect-ratio range (log-uniform).
-    cfg.MODEL.VCLR.RANDOM_ERASE_PROB = 0.5
+    # Random erasing on the normalised student image, fill 0: probability (the official code
+    # erases every student image), area fraction range (uniform) and aspect-ratio range
+    # (log-uniform).
+    cfg.MODEL.VCLR.RANDOM_ERASE_PROB = 1.0
     cfg.MODEL.VCLR.RANDOM_ERASE_SCALE = [0.02, 1.0 / 3]
     cfg.MODEL.VCLR.RANDOM_ERASE_RATIO = [0.3, 0.7]
     # Grayscale of the whole student batch, with this probability.
@@ -180,14 +181,15 @@ def _add_vclr_model_config(cfg: CN) -> None:
     cfg.MODEL.VCLR.MASK_RESCORE = "before_nms"
     # Pseudo-labels from the EMA teacher (not in the official v-CLR, whose teacher only gives
     # L_sim targets): its detections with a score >= SCORE_THRESH that overlap no ground truth or
-    # proposal by more than TARGET_IOU (box IoU) join the proposals (L_obj), at most
-    # MAX_PER_IMAGE per image, from iteration START_ITER on. The teacher sees
-    # INPUT.VIEWS.TEACHER.
+    # proposal by more than TARGET_IOU (box IoU) join the proposals (L_obj), after NMS at
+    # NMS_THRESH among them, at most MAX_PER_IMAGE per image, from iteration START_ITER on. The
+    # teacher sees INPUT.VIEWS.TEACHER.
     cfg.MODEL.VCLR.PSEUDO_LABELS = CN()
     cfg.MODEL.VCLR.PSEUDO_LABELS.ENABLED = False
     cfg.MODEL.VCLR.PSEUDO_LABELS.SCORE_THRESH = 0.5
     cfg.MODEL.VCLR.PSEUDO_LABELS.MAX_PER_IMAGE = 10
     cfg.MODEL.VCLR.PSEUDO_LABELS.TARGET_IOU = 0.5
+    cfg.MODEL.VCLR.PSEUDO_LABELS.NMS_THRESH = 0.5
     cfg.MODEL.VCLR.PSEUDO_LABELS.START_ITER = 0
 
 

@@ -9,7 +9,8 @@ view that shows every object the same way (``INPUT.VIEWS.TEACHER`` = ``"depth"``
 detections include objects that no annotation and no proposal covers; as targets, they teach the
 student, on every view it is shown, what the teacher finds on that view. A detection becomes a
 pseudo-label when its score reaches ``score_thresh`` and its box overlaps no existing target (ground
-truth or proposal) above ``target_iou``; at most ``max_per_image`` per image, best first. Pseudo-
+truth or proposal) above ``target_iou``; NMS at ``nms_thresh`` among them, then at most
+``max_per_image`` per image, best first. Pseudo-
 labels join the proposals (the L_obj term) with the teacher's mask, cut to its box, and the
 teacher's score as their proposal score (``MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING``).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
 from .boxes import box_mask
 from .criterion import Targets
@@ -34,13 +35,15 @@ class TeacherPseudoLabeler:
 
     @configurable
     def __init__(self, *, score_thresh: float = 0.5, max_per_image: int = 10,
-                 target_iou: float = 0.5, start_iter: int = 0, mask_thresh: float = 0.5):
+                 target_iou: float = 0.5, nms_thresh: float = 0.5, start_iter: int = 0,
+                 mask_thresh: float = 0.5):
         """
         Args:
             score_thresh: minimum teacher score (``PostProcessor`` score) of a pseudo-label.
             max_per_image: at most this many pseudo-labels per image.
             target_iou: a detection whose box IoU with an existing target exceeds this is
                 dropped (the object already has a target).
+            nms_thresh: NMS IoU threshold among an image's pseudo-labels (one per object).
             start_iter: training iteration from which pseudo-labels are made (the teacher
                 first has to learn something).
             mask_thresh: probability threshold of the teacher's masks.
@@ -54,6 +57,7 @@ class TeacherPseudoLabeler:
         self.score_thresh = score_thresh
         self.max_per_image = max_per_image
         self.target_iou = target_iou
+        self.nms_thresh = nms_thresh
         self.start_iter = start_iter
         self.mask_thresh = mask_thresh
 
@@ -64,6 +68,7 @@ class TeacherPseudoLabeler:
             "score_thresh": p.SCORE_THRESH,
             "max_per_image": p.MAX_PER_IMAGE,
             "target_iou": p.TARGET_IOU,
+            "nms_thresh": p.NMS_THRESH,
             "start_iter": p.START_ITER,
             "mask_thresh": cfg.MODEL.VCLR.MASK_THRESH,
         }
@@ -97,7 +102,8 @@ class TeacherPseudoLabeler:
             if len(t) and len(boxes):
                 overlap = box_iou(boxes, t.boxes.to(boxes.dtype)).max(dim=1).values
                 keep &= overlap <= self.target_iou
-            keep = keep.nonzero()[:, 0][: self.max_per_image]  # select() sorts best first
+            keep = keep.nonzero()[:, 0]
+            keep = keep[nms(boxes[keep], scores[keep], self.nms_thresh)][: self.max_per_image]
             idx, boxes, scores = idx[keep], boxes[keep], scores[keep]
             if not len(boxes):
                 new.append(t)
