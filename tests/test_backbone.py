@@ -162,3 +162,11 @@ def test_layer_scale_init_sets_every_block_gamma():
     gammas = [v for k, v in trunk.state_dict().items() if k.endswith(".gamma")]
     assert len(gammas) == 4  # 2 blocks in each of res2 and res3
     assert all(torch.equal(g, torch.full_like(g, 0.5)) for g in gammas)
+
+
+def test_layer_scale_default_keeps_timm_choice_per_model():
+    v1 = ConvNeXt("convnext_atto", out_features=("res2",))
+    v2 = ConvNeXt("convnextv2_atto", out_features=("res2",))
+    g1 = [v for k, v in v1.state_dict().items() if k.endswith(".gamma")]
+    assert len(g1) == 2 and all(torch.equal(g, torch.full_like(g, 1e-6)) for g in g1)
+    assert not [k for k in v2.state_dict() if k.endswith(".gamma")]  # V2 has GRN, no gammas

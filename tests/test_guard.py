@@ -36,7 +36,7 @@ def test_nan_gradients_stop_training_before_a_nonfinite_checkpoint(tmp_path, dat
         trainer.train()
     msg = str(e.value)
     assert "non-finite gradients at iteration 3" in msg and "head.embed.weight" in msg
-    assert "loss_gt_score=" in msg and "loss_sim=" in msg  # the loss terms, with values
+    assert "loss_score=" in msg and "loss_sim=" in msg  # the loss terms, with values
     saved = sorted(f for f in os.listdir(out) if f.endswith(".pth"))
     assert saved == ["model_0000000.pth", "model_0000001.pth", "model_0000002.pth"]
     assert (out / "last_checkpoint").read_text() == "model_0000002.pth"

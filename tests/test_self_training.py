@@ -84,20 +84,26 @@ def test_soft_targets_weight_the_objectness_of_proposal_positives(model_cfg):
     assert weights[0, pred_idx].tolist() == t.weights[tgt_idx].tolist()
     assert (weights == 1).sum() == weights.numel() - int((~t.is_gt[tgt_idx]).sum())
 
-    def obj_score(on: bool) -> float:
+    def score_losses(on: bool, mode: str) -> dict[str, float]:
         model_cfg.MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING = on
+        model_cfg.MODEL.VCLR_LOSS.SCORE_LOSS = mode
         losses = VCLRCriterion(model_cfg).detection_losses(
             out, targets, matches, images.image_sizes, model.head.mask_logits)
-        return losses["loss_obj_score"].item(), losses["loss_gt_score"].item()
+        return {k: v.item() for k, v in losses.items() if k.endswith("score")}
 
-    (off, gt_off), (on, gt_on) = obj_score(False), obj_score(True)
     prop = ~t.is_gt[tgt_idx]
     focal = sigmoid_focal_loss(out.objectness[0, pred_idx[prop]], torch.ones(int(prop.sum())),
                                alpha=0.25, gamma=2.0, reduction="none")
     lost = (focal * (1 - t.weights[tgt_idx[prop]])).sum().item()
     assert prop.sum() == 2
-    assert on == pytest.approx(off - 4.0 * lost / 2, rel=1e-5)
-    assert gt_on == gt_off  # L_gt ignores proposal positives, its weights are all 1
+    # split: L_obj's focal term over its 2 positives loses the down-weighted part
+    off, on = score_losses(False, "split"), score_losses(True, "split")
+    assert on["loss_obj_score"] == pytest.approx(off["loss_obj_score"] - 4.0 * lost / 2, rel=1e-5)
+    assert on["loss_gt_score"] == off["loss_gt_score"]  # L_gt's weights are all 1
+    # joint: one focal loss normalised by all positives
+    off, on = score_losses(False, "joint"), score_losses(True, "joint")
+    assert on["loss_score"] == pytest.approx(off["loss_score"] - 4.0 * lost / len(pred_idx),
+                                             rel=1e-5)
 
 
 # --------------------------------------------------------------------------- variants, table

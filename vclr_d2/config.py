@@ -31,8 +31,9 @@ def _add_backbone_config(cfg: CN) -> None:
     # Stochastic depth (drop-path) rate of the trunk.
     cfg.MODEL.CONVNEXT.DROP_PATH_RATE = 0.1
     # Initial layer-scale gamma of every block (timm's ls_init_value; ConvNeXt's 1e-6 makes each
-    # residual block start near the identity). Overwritten by loaded trunk weights.
-    cfg.MODEL.CONVNEXT.LAYER_SCALE_INIT = 1e-6
+    # residual block start near the identity). Negative: timm's choice for the model (1e-6 for
+    # ConvNeXt, no layer scale for ConvNeXt-V2). Overwritten by loaded trunk weights.
+    cfg.MODEL.CONVNEXT.LAYER_SCALE_INIT = -1.0
     # Blocks' MLPs as 1x1 convs ("true") or linear layers on channels-last tensors ("false",
     # faster on the CPU); "" keeps timm's choice for the model (1x1 convs for atto to nano).
     # Trunk weights load into either layout.

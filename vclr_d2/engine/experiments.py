@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
+import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from detectron2.config import CfgNode
@@ -30,7 +33,7 @@ from vclr_d2.data.datasets import register_all
 from .setup import get_vclr_cfg
 
 __all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "openworld_metrics", "run_row",
-           "summarize", "markdown_table"]
+           "run_rows", "summarize", "markdown_table", "paired_differences", "machine"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,16 +102,38 @@ def openworld_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, f
     return out
 
 
-def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = ()
-            ) -> tuple[dict, object]:
+def machine() -> str:
+    """A short description of this machine: CPU model, core count, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = (),
+            threads: int | None = None) -> tuple[dict, object]:
     """Train (or read back) and evaluate one run.
 
+    Args:
+        threads: torch intra-op threads for this run (None: leave torch's setting). Float
+            results depend on it: a run repeats exactly with the same seed and thread count.
+
     Returns:
-        the run record ``{"config", "seed", "opts", "metrics", "train_seconds",
-        "eval_seconds"}`` (also in ``<output_dir>/run.json``), and the trained model (None when
-        the record was read back).
+        the run record ``{"config", "seed", "opts", "threads", "machine", "metrics",
+        "train_seconds", "eval_seconds"}`` (also in ``<output_dir>/run.json``), and the
+        trained model (None when the record was read back).
     """
+    import torch
+
     from .trainer import VCLRTrainer
+
+    if threads:
+        torch.set_num_threads(threads)
 
     record_file = os.path.join(output_dir, "run.json")
     if os.path.isfile(record_file):
@@ -133,6 +158,7 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
         results = VCLRTrainer.test(cfg, trainer.model)
     record = {
         "config": config_file, "seed": seed, "opts": list(opts),
+        "threads": torch.get_num_threads(), "machine": machine(),
         "metrics": openworld_metrics(results),
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - start, 1),
@@ -140,6 +166,54 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
     with open(record_file, "w") as f:
         json.dump(record, f, indent=1)
     return record, trainer.model
+
+
+def _run_record(args: tuple) -> dict:
+    """Process-pool entry: one run, its logs in its folder, the record only."""
+    config_file, seed, output_dir, opts, threads = args
+    from detectron2.utils.logger import setup_logger
+
+    os.makedirs(output_dir, exist_ok=True)
+    setup_logger(output_dir, name="detectron2", abbrev_name="d2")
+    setup_logger(output_dir, name="vclr_d2")
+    return run_row(config_file, seed, output_dir, opts, threads)[0]
+
+
+def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), jobs: int = 1,
+             threads: int | None = None, on_done=None) -> list[dict]:
+    """Several runs ``(config_file, seed, output_dir)``, ``jobs`` at a time in separate
+    processes (each with its own log in its output folder).
+
+    Args:
+        threads: torch threads per run; None gives each run ``cpu_count // jobs``.
+        on_done: called with each record as it finishes (progress).
+
+    Returns:
+        the records in the order of ``runs``.
+    """
+    threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    tasks = [(c, s, o, list(opts), threads) for c, s, o in runs]
+    if jobs <= 1:
+        records = []
+        for t in tasks:
+            records.append(_run_record(t))
+            if on_done:
+                on_done(records[-1])
+        return records
+    # spawn: a fresh interpreter per worker (no forked torch thread pools)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_run_record, t) for t in tasks]
+        for f in futures:
+            f.add_done_callback(lambda f: on_done and not f.exception() and on_done(f.result()))
+        return [f.result() for f in futures]
+
+
+def paired_differences(a: Sequence[Mapping], b: Sequence[Mapping], metric: str) -> list[float]:
+    """Per-seed ``a - b`` of ``metric`` over runs paired by seed (seeds present in both)."""
+    by_seed = {r["seed"]: r for r in b}
+    return [r["metrics"][metric] - by_seed[r["seed"]]["metrics"][metric]
+            for r in a if r["seed"] in by_seed]
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float]:

@@ -43,7 +43,7 @@ class ConvNeXt(Backbone):
         *,
         out_features: Sequence[str] = ("res3", "res4", "res5"),
         drop_path_rate: float = 0.0,
-        layer_scale_init: float = 1e-6,
+        layer_scale_init: float | None = None,
         conv_mlp: bool | None = None,
         freeze_at: int = 0,
         pretrained_download: bool = False,
@@ -54,7 +54,8 @@ class ConvNeXt(Backbone):
             out_features: stage names to return, a subset of ``res2``..``res5``.
             drop_path_rate: stochastic depth rate of the trunk.
             layer_scale_init: initial value of the blocks' layer-scale gammas (timm's
-                ``ls_init_value``; 1e-6 is ConvNeXt's, for ImageNet training).
+                ``ls_init_value``); None or a negative value keeps timm's choice for ``name``
+                (1e-6 for ConvNeXt, no layer scale for ConvNeXt-V2, whose weights have none).
             conv_mlp: the blocks' MLPs as 1x1 convolutions (True) or linear layers on
                 channels-last tensors (False); None keeps timm's choice for ``name`` (True for
                 atto to nano). Weights load into either (1x1 kernels and matrices are
@@ -75,7 +76,8 @@ class ConvNeXt(Backbone):
             raise ValueError(f"MODEL.CONVNEXT.NAME={name!r} is not a timm ConvNeXt model")
         model = timm.create_model(
             name, pretrained=pretrained_download, num_classes=0, drop_path_rate=drop_path_rate,
-            ls_init_value=layer_scale_init,
+            **({} if layer_scale_init is None or layer_scale_init < 0
+               else {"ls_init_value": layer_scale_init}),
             **({} if conv_mlp is None else {"conv_mlp": conv_mlp}),
         )
         num_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1
