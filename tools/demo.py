@@ -1,22 +1,25 @@
 #!/usr/bin/env python
 """The main job on the built-in synthetic open-world set: does v-CLR find more novel objects?
 
-    python tools/demo.py                      # what `make demo` runs: seed 0, 12-17 min on 2 cores
+    python tools/demo.py                      # what `make demo` runs: seed 0, ~17 min on 2 cores
     python tools/demo.py --seeds 0 1 2        # the 3-seed comparison (mean and spread)
 
 Steps (progress is printed throughout):
 1. generate the synthetic set if it is absent (cached under $DETECTRON2_DATASETS);
-2. train v-CLR (configs/synthetic/vclr.yaml) and the baseline (configs/synthetic/baseline.yaml:
-   same model, data and schedule, views and L_sim off) with ``VCLRTrainer``;
-3. evaluate both with their EMA (teacher) weights on ``synth_openworld_val_novel`` and
-   ``synth_openworld_val_all`` with the open-world AR evaluator;
+2. train rows (a) and (d) of the ablation (docs/ablation.md) side by side, one process each:
+   the paper's kind of baseline (configs/synthetic/baseline.yaml: known-class ground truth only,
+   natural images, no student augmentations) and v-CLR (configs/synthetic/vclr.yaml: + proposals,
+   views, student augmentations, L_sim), same model, data and schedule;
+3. evaluate both with their EMA (teacher) weights on ``synth_openworld_val_all``, objects of the
+   families annotated in training (known) and of the never-annotated ones (novel) separately;
 4. print box and mask AR@10 / AR@100 of both models with the differences, and save them as
    ``results.json`` and ``results.md``;
 5. draw both models' top predictions on the same validation images next to the ground truth
    with detectron2's ``Visualizer`` into ``predictions.png``.
 
-Everything goes to ``--output`` (default ``output/demo``). Extra ``KEY VALUE`` pairs at the end
-are applied to both configs (e.g. ``SOLVER.MAX_ITER 100`` for a quick look).
+Everything goes to ``--output`` (default ``output/demo``); a run whose ``run.json`` exists is
+read back. Extra ``KEY VALUE`` pairs at the end are applied to both configs (e.g.
+``SOLVER.MAX_ITER 100`` for a quick look).
 """
 
 from __future__ import annotations
@@ -25,80 +28,53 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"baseline": "configs/synthetic/baseline.yaml", "vclr": "configs/synthetic/vclr.yaml"}
-METRICS = [("bbox", "AR@10"), ("bbox", "AR@100"), ("segm", "AR@10"), ("segm", "AR@100")]
+MODELS = {"baseline": "a", "vclr": "d"}  # name -> row of the ablation
+NAMES = {"baseline": "baseline (a)", "vclr": "v-CLR (d)"}
+METRICS = [f"{t} AR@{k}" for t in ("box", "mask") for k in (10, 100)]
 logger = logging.getLogger("vclr_d2.demo")
 
 
-def build_cfg(name: str, seed: int, output: str, opts: list[str]):
-    from vclr_d2.engine import get_vclr_cfg
+def config_file(name: str) -> str:
+    from vclr_d2.engine.experiments import ROWS
 
-    cfg = get_vclr_cfg(str(ROOT / MODELS[name]), opts)
-    cfg.SEED = seed
-    cfg.OUTPUT_DIR = os.path.join(output, f"{name}_seed{seed}")
-    cfg.freeze()
-    return cfg
+    return str(ROOT / "configs" / ROWS[MODELS[name]].config)
 
 
-def train_and_evaluate(cfg) -> dict:
-    """Train with ``VCLRTrainer`` (or reuse its final checkpoint), then evaluate the teacher."""
+def table(records: dict[str, list[dict]]) -> str:
+    """Markdown: known and novel box / mask AR@10 / AR@100 of both models and the paired
+    difference (mean, and ± sd over seeds when there are several)."""
+    from vclr_d2.engine.experiments import paired_differences, summarize
+
+    def fmt(values: list[float], sign: str = "") -> str:
+        mean, sd = summarize(values)
+        return f"{mean:{sign}.1f}" + (f" ± {sd:.1f}" if len(values) > 1 else "")
+
+    rows = [f"| objects | metric | {NAMES['baseline']} | {NAMES['vclr']} | v-CLR − baseline |",
+            "| --- | --- | ---: | ---: | ---: |"]
+    for objects in ("known", "novel"):
+        for m in METRICS:
+            key = f"{objects} {m}"
+            b = [r["metrics"][key] for r in records["baseline"]]
+            v = [r["metrics"][key] for r in records["vclr"]]
+            d = paired_differences(records["vclr"], records["baseline"], key)
+            rows.append(f"| {objects} | {m} | {fmt(b)} | {fmt(v)} | {fmt(d, '+')} |")
+    return "\n".join(rows)
+
+
+def load_model(cfg):
+    """The trained model of a run folder (its ``model_final.pth``)."""
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.utils.env import seed_all_rng
 
     from vclr_d2.engine import VCLRTrainer
 
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
-    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    seed_all_rng(cfg.SEED)
-    if os.path.isfile(final):
-        logger.info(f"{final} exists: evaluating it (delete it to train again)")
-        model = VCLRTrainer.build_model(cfg)
-        DetectionCheckpointer(model).load(final)
-        results = VCLRTrainer.test(cfg, model)
-    else:
-        trainer = VCLRTrainer(cfg)
-        trainer.resume_or_load(resume=False)
-        start = time.perf_counter()
-        trainer.train()
-        logger.info(f"trained and evaluated in {time.perf_counter() - start:.0f} s")
-        model = trainer.model
-        # EvalHook evaluated the teacher after the last iteration (DefaultTrainer keeps it)
-        results = getattr(trainer, "_last_eval_results", None) or VCLRTrainer.test(cfg, model)
-    return {k: dict(v) for k, v in results.items()}, model
-
-
-def metric(results: dict, dataset: str, task: str, key: str) -> float:
-    return float(results.get(dataset, {}).get(task, {}).get(key, float("nan")))
-
-
-def table(per_seed: dict, datasets: list[str]) -> str:
-    """Markdown table: box and mask AR@10/AR@100 of both models with differences (mean, and
-    the spread over seeds when there are several)."""
-    seeds = sorted(per_seed)
-    rows = ["| dataset | metric | baseline | v-CLR | v-CLR - baseline |",
-            "| --- | --- | ---: | ---: | ---: |"]
-
-    def fmt(values: list[float]) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.1f}"
-        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-    for ds in datasets:
-        for task, key in METRICS:
-            b = [metric(per_seed[s]["baseline"], ds, task, key) for s in seeds]
-            v = [metric(per_seed[s]["vclr"], ds, task, key) for s in seeds]
-            d = [y - x for x, y in zip(b, v)]
-            label = {"bbox": "box", "segm": "mask"}[task]
-            rows.append(f"| {ds} | {label} {key} | {fmt(b)} | {fmt(v)} | {fmt(d)} |")
-    return "\n".join(rows)
+    model = VCLRTrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    return model.eval()
 
 
 def draw_predictions(models: dict, cfg, dataset: str, path: str, num_images: int = 4,
@@ -158,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="training seeds; each trains both models (default: 0)")
     parser.add_argument("--output", default=str(ROOT / "output" / "demo"),
                         help="output folder (default: output/demo)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="trainings at a time, one process each (default 2)")
     parser.add_argument("--num-vis", type=int, default=4, help="validation images drawn")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
@@ -168,51 +146,58 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(os.path.join(args.output, "log.txt"), name="detectron2", abbrev_name="d2")
     setup_logger(os.path.join(args.output, "log.txt"), name="vclr_d2")
 
-    from vclr_d2.data.datasets import register_all
     from vclr_d2.data.datasets.synthetic import ensure_synthetic_openworld
+    from vclr_d2.engine.experiments import TEST_SET, experiment_cfg, machine, run_rows
 
     start = time.perf_counter()
-    first = build_cfg("vclr", args.seeds[0], args.output, args.opts)
-    register_all(first)
+    first = experiment_cfg(config_file("vclr"), args.seeds[0],
+                           os.path.join(args.output, f"vclr_seed{args.seeds[0]}"), args.opts)
     s = first.DATASETS.SYNTHETIC
-    steps = 1 + 2 * len(args.seeds) + 1
-    print(f"[demo 1/{steps}] synthetic open-world set ({s.NUM_TRAIN} train + {s.NUM_VAL} val "
+    print(f"[demo 1/4] synthetic open-world set ({s.NUM_TRAIN} train + {s.NUM_VAL} val "
           f"images, {s.IMAGE_SIZE} px, seed {s.SEED})", flush=True)
     files = ensure_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED,
-                                       root=s.ROOT or None, progress=True)
+                                       root=s.ROOT or None, workers=args.jobs, progress=True)
     print(f"    {files.dir}", flush=True)
 
-    per_seed, models, step = {}, {}, 1
-    datasets = list(first.DATASETS.TEST)
-    for seed in args.seeds:
-        per_seed[seed] = {}
-        for name in ("baseline", "vclr"):
-            step += 1
-            cfg = build_cfg(name, seed, args.output, args.opts)
-            print(f"[demo {step}/{steps}] training and evaluating {name} (seed {seed}, "
-                  f"{cfg.SOLVER.MAX_ITER} iterations, batch {cfg.SOLVER.IMS_PER_BATCH}) -> "
-                  f"{cfg.OUTPUT_DIR}", flush=True)
-            per_seed[seed][name], model = train_and_evaluate(cfg)
-            if seed == args.seeds[0]:
-                models[name] = model
-            with open(os.path.join(args.output, "results.json"), "w") as f:
-                json.dump(per_seed, f, indent=1)
+    runs = [(config_file(name), seed, os.path.join(args.output, f"{name}_seed{seed}"))
+            for seed in args.seeds for name in MODELS]
+    print(f"[demo 2/4] training and evaluating {len(runs)} models, {args.jobs} at a time "
+          f"({first.SOLVER.MAX_ITER} iterations, batch {first.SOLVER.IMS_PER_BATCH}; each "
+          f"logs to its folder under {args.output})", flush=True)
 
-    step += 1
-    print(f"[demo {step}/{steps}] results", flush=True)
-    md = table(per_seed, datasets)
+    def progress(record: dict) -> None:
+        m = record["metrics"]
+        print(f"    {Path(record['config']).name} seed {record['seed']} done in "
+              f"{record['train_seconds'] / 60:.1f} min: known box AR@100 "
+              f"{m['known box AR@100']:.1f}, novel box AR@100 {m['novel box AR@100']:.1f}",
+              flush=True)
+
+    results = run_rows(runs, args.opts, jobs=args.jobs, on_done=progress)
+    records = {name: [r for (c, _, o), r in zip(runs, results)
+                      if os.path.basename(o).startswith(name + "_")] for name in MODELS}
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump(records, f, indent=1)
+
+    print("[demo 3/4] results", flush=True)
     seeds = ", ".join(map(str, args.seeds))
-    header = (f"Teacher (EMA) weights, class-agnostic AR in percent, seed(s) {seeds}"
-              + (" (mean ± standard deviation)" if len(args.seeds) > 1 else "") + ".")
-    with open(os.path.join(args.output, "results.md"), "w") as f:
-        f.write(header + "\n\n" + md + "\n")
+    header = (f"Teacher (EMA) weights on `{TEST_SET}`, class-agnostic AR in percent, seed(s) "
+              f"{seeds}" + (" (mean ± standard deviation)" if len(args.seeds) > 1 else "")
+              + "; known objects: families annotated in training, novel: never annotated.")
+    md = table(records)
+    print("\n" + header + "\n\n" + md + "\n", flush=True)
+
+    print("[demo 4/4] drawing predictions", flush=True)
     png = os.path.join(args.output, "predictions.png")
-    draw_predictions({"baseline": models["baseline"], "v-CLR": models["vclr"]}, first,
-                     "synth_openworld_val_all", png, num_images=args.num_vis)
-    print("\n" + header + "\n\n" + md + "\n")
+    models = {NAMES[name]: load_model(experiment_cfg(
+        config_file(name), args.seeds[0], os.path.join(args.output, f"{name}_seed{args.seeds[0]}"),
+        args.opts)) for name in MODELS}
+    draw_predictions(models, first, TEST_SET, png, num_images=args.num_vis)
+    minutes = (time.perf_counter() - start) / 60
+    with open(os.path.join(args.output, "results.md"), "w") as f:
+        f.write(f"{header}\n\n{md}\n\nTotal {minutes:.1f} min on {machine()}.\n")
     print(f"Predictions of both models on the same validation images: {png}")
-    print(f"Results: {os.path.join(args.output, 'results.json')}; total "
-          f"{(time.perf_counter() - start) / 60:.1f} min")
+    print(f"Results: {os.path.join(args.output, 'results.md')}; total {minutes:.1f} min on "
+          f"{machine()}")
     return 0
 
 

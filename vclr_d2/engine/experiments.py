@@ -169,11 +169,17 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
 
 
 def _run_record(args: tuple) -> dict:
-    """Process-pool entry: one run, its logs in its folder, the record only."""
-    config_file, seed, output_dir, opts, threads = args
+    """Process-pool entry: one run, its logs in its folder, the record only. In a worker
+    process (``quiet``) the console output goes to ``<output_dir>/console.txt`` so that the
+    parent's progress stays readable."""
+    config_file, seed, output_dir, opts, threads, quiet = args
+    import sys
+
     from detectron2.utils.logger import setup_logger
 
     os.makedirs(output_dir, exist_ok=True)
+    if quiet:
+        sys.stdout = sys.stderr = open(os.path.join(output_dir, "console.txt"), "a", buffering=1)
     setup_logger(output_dir, name="detectron2", abbrev_name="d2")
     setup_logger(output_dir, name="vclr_d2")
     return run_row(config_file, seed, output_dir, opts, threads)[0]
@@ -192,7 +198,7 @@ def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), job
         the records in the order of ``runs``.
     """
     threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    tasks = [(c, s, o, list(opts), threads) for c, s, o in runs]
+    tasks = [(c, s, o, list(opts), threads, jobs > 1) for c, s, o in runs]
     if jobs <= 1:
         records = []
         for t in tasks:

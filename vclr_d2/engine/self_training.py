@@ -20,8 +20,8 @@ Every round keeps under ``<output>/round_<r>/``: ``config.yaml``, ``proposals.js
 ``selection.json`` (r >= 2; ``proposals_<train set>.json`` and ``selection_<train set>.json``
 with several training sets), the checkpoints, ``metrics.json`` (the teacher's open-world AR on
 ``DATASETS.TEST``, split into known/novel objects where the ground truth has known classes,
-see ``build_round_evaluator``). Rerun, a round whose ``model_final.pth`` exists is evaluated,
-not trained again, and existing proposal files are reused.
+see ``vclr_d2.evaluation.known_classes_of``). Rerun, a round whose ``model_final.pth`` exists
+is evaluated, not trained again, and existing proposal files are reused.
 """
 
 from __future__ import annotations
@@ -35,19 +35,17 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
 
 from vclr_d2.data.datasets import register_proposal_variant
 from vclr_d2.data.proposals import merge_proposals, proposals_dataset, write_json
-from vclr_d2.evaluation import OpenWorldEvaluator
-from vclr_d2.evaluation.evaluator import ground_truth_file
 
 from .trainer import VCLRTrainer
 
-__all__ = ["RoundTrainer", "SelfTrainingParams", "build_round_evaluator", "predict_dataset",
+__all__ = ["SelfTrainingParams", "predict_dataset",
            "run_self_training", "select_round_proposals", "train_and_evaluate",
            "training_set_as_coco"]
 
@@ -86,37 +84,6 @@ class SelfTrainingParams:
             raise ValueError(f"SelfTrainingParams: invalid {bad[0]}={getattr(self, bad[0])!r}")
 
 
-def _known_classes(cfg, dataset_name: str) -> list[str]:
-    """``TEST.OPENWORLD.KNOWN_CLASSES`` (else the dataset's metadata ``known_classes``) that
-    are categories of the dataset's ground-truth file."""
-    wanted = list(cfg.TEST.OPENWORLD.KNOWN_CLASSES) or list(
-        MetadataCatalog.get(dataset_name).get("known_classes", []))
-    if not wanted:
-        return []
-    with open(ground_truth_file(dataset_name)) as f:
-        names = {c.get("name") for c in json.load(f).get("categories", [])}
-    return [c for c in wanted if c in names]
-
-
-def build_round_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
-    """``OpenWorldEvaluator`` with a known/novel split wherever the ground truth has known
-    classes (``_seen``/``_unseen`` keys), none where it has not (e.g. a novel-only file)."""
-    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-    return OpenWorldEvaluator(dataset_name, tasks=tasks, output_dir=output_folder,
-                              max_dets=cfg.TEST.OPENWORLD.MAX_DETS,
-                              known_classes=_known_classes(cfg, dataset_name))
-
-
-class RoundTrainer(VCLRTrainer):
-    """``VCLRTrainer`` whose evaluations split known and novel objects where they can."""
-
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_round_evaluator(cfg, dataset_name, output_folder)
-
-
 def train_and_evaluate(cfg) -> dict:
     """Train ``cfg`` (or reuse its ``model_final.pth``), evaluate the teacher on
     ``DATASETS.TEST``, write ``metrics.json``; returns {dataset: {task: {metric: value}}}."""
@@ -127,16 +94,16 @@ def train_and_evaluate(cfg) -> dict:
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if os.path.isfile(final):
         logger.info(f"{final} exists: evaluating it")
-        model = RoundTrainer.build_model(cfg)
+        model = VCLRTrainer.build_model(cfg)
         DetectionCheckpointer(model).load(final)
-        results = RoundTrainer.test(cfg, model)
+        results = VCLRTrainer.test(cfg, model)
     else:
         logger.info(f"training {cfg.OUTPUT_DIR} on {list(cfg.DATASETS.TRAIN)} from "
                     f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS or '(none)'}")
-        trainer = RoundTrainer(cfg)
+        trainer = VCLRTrainer(cfg)
         trainer.resume_or_load(resume=False)
         trainer.train()
-        results = getattr(trainer, "_last_eval_results", None) or RoundTrainer.test(
+        results = getattr(trainer, "_last_eval_results", None) or VCLRTrainer.test(
             cfg, trainer.model)
     if len(cfg.DATASETS.TEST) == 1 and cfg.DATASETS.TEST[0] not in results:
         results = {cfg.DATASETS.TEST[0]: results}  # DefaultTrainer.test unwraps a single set
@@ -246,7 +213,7 @@ def _round_proposals(prev_cfg, weights: str, bases: list[str], r: int, round_dir
         counts_path = os.path.join(round_dir, f"selection{suffix}.json")
         if not (os.path.isfile(path) and os.path.isfile(counts_path)):
             if model is None:
-                model = RoundTrainer.build_model(prev_cfg)
+                model = VCLRTrainer.build_model(prev_cfg)
                 DetectionCheckpointer(model).load(weights)
             gt, base_props = training_set_as_coco(base)
             preds = predict_dataset(prev_cfg, model, base, params.max_predictions)

@@ -21,8 +21,33 @@ __all__ = [
     "OpenWorldRecall",
     "build_evaluator",
     "evaluate_recall",
+    "known_classes_of",
     "summarize",
 ]
+
+
+def known_classes_of(cfg, dataset_name: str) -> list[str]:
+    """Known classes for the seen/unseen split of ``dataset_name``:
+    ``cfg.TEST.OPENWORLD.KNOWN_CLASSES``, else the dataset's metadata ``known_classes`` (the
+    synthetic and the built-in open-world sets have them), keeping those that are categories of
+    its ground-truth file (a novel-only file has none: no split); the dropped ones are logged."""
+    import json
+    import logging
+
+    from .evaluator import ground_truth_file
+
+    wanted = [str(c) for c in cfg.TEST.OPENWORLD.KNOWN_CLASSES] or [
+        str(c) for c in MetadataCatalog.get(dataset_name).get("known_classes", [])]
+    if not wanted:
+        return []
+    with open(ground_truth_file(dataset_name)) as f:
+        names = {c.get("name") for c in json.load(f).get("categories", [])}
+    kept = [c for c in wanted if c in names]
+    if len(kept) < len(wanted):
+        logging.getLogger(__name__).info(
+            f"{dataset_name}: known classes {[c for c in wanted if c not in names]} are not "
+            f"categories of its ground truth; split on {kept or 'none'}")
+    return kept
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
@@ -30,7 +55,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
 
     - ``"openworld"``: ``OpenWorldEvaluator`` (``bbox``, plus ``segm`` when
       ``cfg.MODEL.MASK_ON``; k values ``cfg.TEST.OPENWORLD.MAX_DETS``; known classes
-      ``cfg.TEST.OPENWORLD.KNOWN_CLASSES``);
+      ``known_classes_of(cfg, dataset_name)``);
     - ``"coco"``: detectron2's ``COCOEvaluator`` (pure-Python COCOeval, no compiled ops).
 
     Raises:
@@ -41,7 +66,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
     if evaluator_type == "openworld":
         return OpenWorldEvaluator(
             dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
-            max_dets=cfg.TEST.OPENWORLD.MAX_DETS, known_classes=cfg.TEST.OPENWORLD.KNOWN_CLASSES)
+            max_dets=cfg.TEST.OPENWORLD.MAX_DETS,
+            known_classes=known_classes_of(cfg, dataset_name))
     if evaluator_type == "coco":
         from detectron2.evaluation import COCOEvaluator
 

@@ -1,0 +1,125 @@
+"""Ablation runs, the demo and the ablation report (vclr_d2/engine/experiments.py, tools/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train_utils import TINY
+from vclr_d2.engine.experiments import (
+    ROWS,
+    experiment_cfg,
+    markdown_table,
+    paired_differences,
+    run_row,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = TINY + ["SOLVER.MAX_ITER", "3", "TEST.DETECTIONS_PER_IMAGE", "10"]
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def opts(tmp_path):
+    return QUICK + ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "data")]
+
+
+def _weights(folder: Path) -> dict:
+    return torch.load(folder / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+
+
+def test_one_seed_gives_identical_numbers_twice(tmp_path, opts):
+    config = str(ROOT / "configs" / ROWS["d"].config)
+    runs = {name: run_row(config, seed, str(tmp_path / name), opts, threads=1)[0]
+            for name, seed in (("first", 5), ("again", 5), ("other", 6))}
+    assert runs["first"]["metrics"] == runs["again"]["metrics"]
+    assert set(runs["first"]["metrics"]) >= {"known box AR@100", "novel box AR@100",
+                                              "known mask AR@10", "novel mask AR@10"}
+    first, again, other = (_weights(tmp_path / n) for n in ("first", "again", "other"))
+    assert all(torch.equal(first[k], again[k]) for k in first)  # bit-exact, student and teacher
+    assert not all(torch.equal(first[k], other[k]) for k in first)  # the seed matters
+    # a finished run is read back, not trained again
+    record, model = run_row(config, 5, str(tmp_path / "first"), opts)
+    assert model is None and record == runs["first"]
+
+
+def test_experiment_cfg_requires_the_known_novel_split(tmp_path, opts):
+    config = str(ROOT / "configs" / ROWS["a"].config)
+    with pytest.raises(ValueError, match="TEST.OPENWORLD.KNOWN_CLASSES"):
+        experiment_cfg(config, 0, str(tmp_path), opts + ["TEST.OPENWORLD.KNOWN_CLASSES", "[]"])
+    with pytest.raises(ValueError, match="synth_openworld_val_all"):
+        experiment_cfg(config, 0, str(tmp_path), opts + ["DATASETS.TEST",
+                                                         "('synth_openworld_val_novel',)"])
+
+
+def test_every_row_config_builds_and_the_rows_differ_as_documented(tmp_path, opts):
+    cfgs = {k: experiment_cfg(str(ROOT / "configs" / r.config), 0, str(tmp_path), opts)
+            for k, r in ROWS.items()}
+    assert not cfgs["a"].INPUT.LOAD_PROPOSALS and cfgs["b"].INPUT.LOAD_PROPOSALS
+    assert list(cfgs["b"].INPUT.VIEWS.NAMES) == ["natural"]
+    assert cfgs["b"].MODEL.VCLR.RANDOM_ERASE_PROB == 0 and cfgs["c"].MODEL.VCLR.RANDOM_ERASE_PROB
+    assert list(cfgs["c"].INPUT.VIEWS.NAMES) == ["natural", "depth", "style"]
+    assert not cfgs["c"].MODEL.VCLR.SIM_ON and cfgs["d"].MODEL.VCLR.SIM_ON
+    assert cfgs["e"].MODEL.VCLR.PSEUDO_LABELS.ENABLED and cfgs["e"].INPUT.VIEWS.TEACHER == "depth"
+    assert cfgs["m"].MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    assert not cfgs["m"].INPUT.LOAD_PROPOSALS
+    assert len({c.SOLVER.MAX_ITER for c in cfgs.values()}) == 1  # same schedule everywhere
+
+
+def test_table_and_paired_differences():
+    def rec(seed, v):
+        return {"seed": seed, "metrics": {"novel box AR@100": v}}
+
+    a = [rec(0, 30.0), rec(1, 32.0), rec(2, 31.0)]
+    d = [rec(2, 41.0), rec(0, 36.0), rec(1, 40.0)]
+    assert paired_differences(d, a, "novel box AR@100") == [10.0, 6.0, 8.0]
+    md = markdown_table({"a": a, "d": d}, ["novel box AR@100"], {"a": "base", "d": "v-CLR"})
+    assert md.splitlines()[2] == "| (a) base | 31.0 ± 1.0 |"
+    assert md.splitlines()[3] == "| (d) v-CLR | 39.0 ± 2.6 |"
+
+
+def test_demo_trains_both_models_in_parallel_and_prints_known_and_novel(tmp_path, opts, capsys):
+    out = tmp_path / "demo"
+    assert _tool("demo").main(["--output", str(out), "--jobs", "2", "--num-vis", "2", *opts]) == 0
+    printed = capsys.readouterr().out
+    records = json.loads((out / "results.json").read_text())
+    assert sorted(records) == ["baseline", "vclr"]
+    assert [r["threads"] for r in records["baseline"] + records["vclr"]] == [1, 1]
+    assert Path(records["baseline"][0]["config"]).name == "baseline.yaml"
+    table = [line for line in printed.splitlines() if line.startswith("| known |")
+             or line.startswith("| novel |")]
+    assert len(table) == 8  # known and novel x box/mask x AR@10/AR@100
+    m = records["vclr"][0]["metrics"]
+    diff = m["novel box AR@100"] - records["baseline"][0]["metrics"]["novel box AR@100"]
+    assert f"{diff:+.1f} |" in next(line for line in table if "novel | box AR@100" in line)
+    import cv2
+
+    png = cv2.imread(str(out / "predictions.png"))
+    assert png is not None and png.shape[0] == 2 * (256 + 22)  # 2 images, 64 px drawn x4
+
+
+def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
+    report = tmp_path / "docs" / "ablation.md"
+    assert _tool("ablation").main(["--rows", "b", "a", "--seeds", "0", "--jobs", "1",
+                                   "--output", str(tmp_path / "runs"), "--report", str(report),
+                                   *opts]) == 0
+    text = report.read_text()
+    assert "python tools/ablation.py --rows b a --seeds 0 --jobs 1 --report" in text
+    rows = [line for line in text.splitlines() if line.startswith("| (")]
+    assert rows[0].startswith("| (a) known-class ground truth") and rows[1].startswith("| (b)")
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert sorted(data["runs"]) == ["a", "b"] and data["wall_seconds"] > 0
+    assert "(b) − (a) | novel box AR@100" in text
+    with pytest.raises(SystemExit):
+        _tool("ablation").main(["--rows", "z"])
+    assert "unknown rows ['z']" in capsys.readouterr().err
