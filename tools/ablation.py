@@ -70,7 +70,8 @@ def build_report(records: dict, command: str, wall: float, machine: str) -> str:
                 lines.append(f"| ({x}) − ({y}) | {m} | {', '.join(f'{v:+.1f}' for v in d)} "
                              f"| {mean:+.1f} ± {sd:.1f} |")
     lines += ["", "## Time per run (s, mean over seeds)", "",
-              "| row | train + final evaluation | separate evaluation | threads |", "| --- | ---: | ---: | ---: |"]
+              "| row | train + final evaluation | separate evaluation | threads |",
+              "| --- | ---: | ---: | ---: |"]
     for key, runs in records.items():
         t = summarize([r["train_seconds"] for r in runs])[0]
         e = summarize([r["eval_seconds"] for r in runs])[0]
