@@ -50,3 +50,17 @@ def test_unknown_optimizer_and_clip_type_are_named(model_cfg):
     model_cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "global"
     with pytest.raises(ValueError, match="CLIP_TYPE='global'"):
         build_optimizer(model_cfg, model)
+
+
+def test_every_registered_component_is_one_hop_from_the_package():
+    from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+
+    import vclr_d2
+    from vclr_d2.modeling import VCLR_MATCHER_REGISTRY
+
+    ours = [obj for reg in (META_ARCH_REGISTRY, BACKBONE_REGISTRY, VCLR_MATCHER_REGISTRY)
+            for _, obj in reg if obj.__module__.startswith("vclr_d2.")]
+    assert len(ours) == 5  # VCLR, two backbone builders, two matchers
+    assert all(getattr(vclr_d2, obj.__name__) is obj for obj in ours)
+    assert all(obj.__name__ in vclr_d2.__all__ for obj in ours)
+    assert vclr_d2.VCLRTrainer.__module__ == "vclr_d2.engine.trainer"

@@ -71,6 +71,7 @@ def test_every_row_config_builds_and_the_rows_differ_as_documented(tmp_path, opt
     assert list(cfgs["c"].INPUT.VIEWS.NAMES) == ["natural", "depth", "style"]
     assert not cfgs["c"].MODEL.VCLR.SIM_ON and cfgs["d"].MODEL.VCLR.SIM_ON
     assert cfgs["e"].MODEL.VCLR.PSEUDO_LABELS.ENABLED and cfgs["e"].INPUT.VIEWS.TEACHER == "depth"
+    assert list(cfgs["e"].INPUT.VIEWS.NAMES) == ["natural", "depth"]
     assert cfgs["m"].MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
     assert not cfgs["m"].INPUT.LOAD_PROPOSALS
     assert len({c.SOLVER.MAX_ITER for c in cfgs.values()}) == 1  # same schedule everywhere

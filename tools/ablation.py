@@ -41,6 +41,8 @@ def build_report(records: dict, command: str, wall: float, machine: str) -> str:
     from vclr_d2.engine.experiments import ROWS, markdown_table, paired_differences, summarize
 
     seeds = sorted({r["seed"] for runs in records.values() for r in runs})
+    serial = sum(r["train_seconds"] + r["eval_seconds"] for runs in records.values()
+                 for r in runs)
     lines = [
         "# Ablation on the built-in synthetic open-world set",
         "",
@@ -48,7 +50,9 @@ def build_report(records: dict, command: str, wall: float, machine: str) -> str:
         "",
         f"    {command}",
         "",
-        f"Seeds {', '.join(map(str, seeds))}; wall-clock {wall / 60:.1f} min on {machine}. "
+        f"Seeds {', '.join(map(str, seeds))}; wall-clock {wall / 60:.1f} min on {machine} "
+        f"(runs read back from an earlier invocation count 0; the runs' own times add up to "
+        f"{serial / 60:.0f} min). "
         "Class-agnostic AR in percent of the EMA teacher (the student for (m)) on "
         "`synth_openworld_val_all`: *known* objects are of the 4 families annotated in training, "
         "*novel* of the 4 never annotated. Mean ± sample standard deviation over the seeds.",

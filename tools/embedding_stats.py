@@ -99,13 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import build_detection_test_loader
 
-    from vclr_d2.data.datasets import register_all
-    from vclr_d2.engine import VCLRTrainer, get_vclr_cfg
+    from vclr_d2.engine import VCLRTrainer, load_cfg
 
-    cfg = get_vclr_cfg(args.config_file, args.opts)
+    cfg = load_cfg(args.config_file, args.opts)
     if not cfg.DATASETS.TEST:
         parser.error("DATASETS.TEST is empty: name the test set to read images from")
-    register_all(cfg)
     model = VCLRTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(args.weights)
     model.eval()

@@ -45,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     from detectron2.utils.logger import setup_logger
 
     from vclr_d2.data import ViewSpec, view_path
-    from vclr_d2.data.datasets import register_all
-    from vclr_d2.engine import VCLRTrainer, get_vclr_cfg
+    from vclr_d2.engine import VCLRTrainer, load_cfg
 
     setup_logger(name="vclr_d2")
-    cfg = get_vclr_cfg(args.config_file, args.opts)
-    cfg.OUTPUT_DIR = os.path.join(os.path.dirname(os.path.abspath(args.weights)), "eval_views")
-    register_all(cfg)
+    cfg = load_cfg(args.config_file, args.opts, OUTPUT_DIR=os.path.join(
+        os.path.dirname(os.path.abspath(args.weights)), "eval_views"))
     v = cfg.INPUT.VIEWS
     specs = {n: ViewSpec(n, d, e) for n, d, e in zip(v.NAMES, v.DIRS, v.EXTS)}
     views = args.views or list(specs)

@@ -28,9 +28,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 
-from vclr_d2.data.datasets import register_all
-
-from .setup import get_vclr_cfg
+from .setup import load_cfg
 
 __all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "openworld_metrics", "run_row",
            "run_rows", "summarize", "markdown_table", "paired_differences", "machine"]
@@ -59,7 +57,8 @@ ROWS: dict[str, Row] = {r.key: r for r in (
     Row("c", "synthetic/views.yaml", "(b) + views and student augmentations"),
     Row("d", "synthetic/vclr.yaml", "(c) + L_sim = v-CLR"),
     Row("e", "synthetic/vclr_plus.yaml",
-        "(d) + teacher on the depth view, its pseudo-labels as targets"),
+        "(b) + natural/depth views + L_sim, the teacher on the depth view making "
+        "pseudo-labels"),
     Row("m", "synthetic/mask_rcnn.yaml",
         "detectron2 Mask R-CNN, same backbone and data as (a) (yardstick)"),
 )}
@@ -74,11 +73,7 @@ def experiment_cfg(config_file: str, seed: int, output_dir: str,
         ValueError: the config does not evaluate on ``synth_openworld_val_all`` with its known
             families as ``TEST.OPENWORLD.KNOWN_CLASSES`` (the known/novel split).
     """
-    cfg = get_vclr_cfg(config_file, list(opts))
-    cfg.SEED = seed
-    cfg.OUTPUT_DIR = output_dir
-    cfg.freeze()
-    register_all(cfg)
+    cfg = load_cfg(config_file, list(opts), SEED=seed, OUTPUT_DIR=output_dir)
     known = sorted(MetadataCatalog.get(TEST_SET).known_classes)
     if TEST_SET not in cfg.DATASETS.TEST or sorted(cfg.TEST.OPENWORLD.KNOWN_CLASSES) != known:
         raise ValueError(f"{config_file}: an ablation run evaluates on {TEST_SET!r} with "

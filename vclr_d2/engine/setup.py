@@ -35,6 +35,24 @@ def get_vclr_cfg(config_file: str | None = None, opts: list[str] | None = None):
     return cfg
 
 
+def load_cfg(config_file: str | None = None, opts: list[str] | None = None, **top_level):
+    """``get_vclr_cfg`` + top-level keys (``OUTPUT_DIR="..."``, ``SEED=0``), frozen, with the
+    datasets it names registered (``register_all``): what every tool needs before it builds a
+    loader or an evaluator.
+
+    Raises:
+        KeyError: a keyword that is not a top-level config key.
+    """
+    cfg = get_vclr_cfg(config_file, opts)
+    for key, value in top_level.items():
+        if key not in cfg:
+            raise KeyError(f"load_cfg: {key!r} is not a top-level config key")
+        setattr(cfg, key, value)
+    cfg.freeze()
+    register_all(cfg)
+    return cfg
+
+
 def setup_cfg(args, *, setup_logging: bool = True):
     """Frozen config from ``args.config_file`` and ``args.opts``; datasets re-registered with
     the config's dataset keys; detectron2's ``default_setup`` (logging, output dir, seed) and
