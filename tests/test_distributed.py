@@ -19,19 +19,23 @@ from .train_utils import CONFIG, ROOT, TINY, cli_args, max_abs_diff, model_state
 
 # Equal padding (one image size, no crop) and no per-process randomness in the model (student
 # augmentations, subsampled mask targets): then 2 x 2 images and 1 x 4 images compute the same
-# gradient up to the order of float additions.
+# gradient up to the order of float additions. The paper's matcher and objectness targets:
+# with the synthetic recipe's dynamic_k + IoU targets the two runs differ by 1.1e-4 after 3
+# steps (each alone keeps < 5e-5; the dynamic-k assignment is chosen on predicted IoUs).
 SAME_BATCH = [
     "INPUT.CROP.ENABLED", "False", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",
     "TEST.EVAL_PERIOD", "3", "MODEL.VCLR_HEAD.MAX_MASKS_PER_IMAGE", "-1",
     "MODEL.VCLR.PATCH_MIX_PROB", "0.0", "MODEL.VCLR.RANDOM_ERASE_PROB", "0.0",
-    "MODEL.VCLR.GRAYSCALE_PROB", "0.0",
+    "MODEL.VCLR.GRAYSCALE_PROB", "0.0", "MODEL.VCLR_MATCHER.NAME", "hungarian",
+    "MODEL.VCLR_LOSS.SCORE_TARGET", "binary",
 ]
 
 
 def _results(metrics_json) -> dict[str, float]:
     out = {}
     for line in open(metrics_json):
-        out.update({k: v for k, v in json.loads(line).items() if k.startswith("synth_")})
+        out.update({k: v for k, v in json.loads(line).items()
+                    if k.startswith(("bbox/", "segm/"))})
     return out
 
 
@@ -64,12 +68,14 @@ def test_two_cpu_processes_train_and_evaluate_like_one(tmp_path, monkeypatch):
     # evaluation at the last iteration ran in the 2 processes; one process on the same
     # weights gives every metric exactly
     two_proc = _results(two / "metrics.json")
-    assert len(two_proc) == 44  # 2 datasets x (bbox, segm) x 11 metrics
+    # one dataset (synth_openworld_val_all): (bbox, segm) x 11 metrics, 9 of them also for the
+    # known and the novel objects
+    assert len(two_proc) == 2 * (11 + 2 * 9), sorted(two_proc)
     one_proc = tn.main(cli_args(tmp_path / "eval", *common, "MODEL.WEIGHTS",
                                 str(two / "model_final.pth"), flags=("--eval-only",)))
     for name, value in two_proc.items():
-        dataset, task, key = name.split("/")
-        got = one_proc[dataset][task][key]
+        task, key = name.split("/")
+        got = one_proc[task][key]
         assert got == value or (got != got and value != value), name
 
 

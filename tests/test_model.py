@@ -464,3 +464,20 @@ def test_pseudo_labels_reach_the_proposal_term_in_training(model_cfg):
         [x])["loss_obj_box_l1"].item() == 0.0  # no proposals, no pseudo-labels: L_obj is empty
     # with pseudo-labels (threshold 0) the untrained teacher's detections become L_obj targets
     assert model([x])["loss_obj_box_l1"].item() > 0.0
+
+
+@pytest.mark.parametrize("head_levels,frozen", [(["p2", "p3", "p4"], ["p5"]),
+                                                 (["p2", "p3", "p4", "p5"], [])])
+def test_fpn_levels_the_head_does_not_read_are_frozen(model_cfg, head_levels, frozen):
+    model_cfg.MODEL.CONVNEXT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    model_cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    model_cfg.MODEL.VCLR_HEAD.IN_FEATURES = head_levels
+    model_cfg.MODEL.VCLR_HEAD.MASK_IN_FEATURES = ["p2", "p3", "p4"]
+    model = build_model(model_cfg).train()
+    fixed = sorted({n.split(".")[0] for n, p in model.backbone.named_parameters()
+                    if not p.requires_grad})
+    assert fixed == [f"fpn_output{lvl[1:]}" for lvl in frozen]
+    image, masks = scene()
+    sum(model([training_input(image, masks)]).values()).backward()
+    # every trainable parameter takes part in the loss (what DistributedDataParallel needs)
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []

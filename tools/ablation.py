@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default=None,
                         help="markdown report path, JSON beside it (default <output>/ablation.md)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default cpu_count // jobs)")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="KEY VALUE config overrides applied to every row")
     args = parser.parse_args(argv)
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or os.path.join(args.output, "ablation.md")
     command = "python tools/ablation.py " + shlex.join(
         ["--rows", *args.rows, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs)]
+        + (["--threads", str(args.threads)] if args.threads else [])
         + (["--report", args.report] if args.report else []) + args.opts)
     runs = [(str(ROOT / "configs" / ROWS[r].config), s, os.path.join(args.output, f"{r}_seed{s}"))
             for s in args.seeds for r in args.rows]
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                        root=syn.ROOT or None, workers=args.jobs)
     print(f"[ablation] synthetic set: {files.dir}", flush=True)
     print(f"[ablation] {len(runs)} runs, {args.jobs} at a time -> {args.output}", flush=True)
-    results = run_rows(runs, args.opts, jobs=args.jobs, on_done=progress)
+    results = run_rows(runs, args.opts, jobs=args.jobs, threads=args.threads, on_done=progress)
     wall = time.perf_counter() - start
     records = {r: [rec for (c, s, o), rec in zip(runs, results) if o.endswith(f"/{r}_seed{s}")]
                for r in ROWS if r in args.rows}

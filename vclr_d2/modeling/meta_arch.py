@@ -27,7 +27,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling import FPN, META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -43,6 +43,25 @@ from .pseudo_labels import TeacherPseudoLabeler
 __all__ = ["VCLR"]
 
 logger = logging.getLogger(__name__)
+
+
+def freeze_unread_fpn_outputs(backbone: nn.Module, read: list[str]) -> list[str]:
+    """Stop gradients to the output convs of an FPN's levels that nothing reads (neither
+    ``read`` nor the FPN's top block): their parameters would never get a gradient, which
+    ``DistributedDataParallel`` refuses. Returns the frozen levels (none for another backbone).
+    """
+    if not isinstance(backbone, FPN):
+        return []
+    needed = set(read)
+    if backbone.top_block is not None:
+        needed.add(getattr(backbone.top_block, "in_feature", ""))
+    frozen = []
+    for name in backbone._out_features:
+        conv = getattr(backbone, f"fpn_output{name[1:]}", None)
+        if conv is not None and name not in needed:
+            conv.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 @META_ARCH_REGISTRY.register()
@@ -91,6 +110,12 @@ class VCLR(nn.Module):
             raise ValueError(f"MODEL.VCLR.EMA_DECAY={ema_decay}: must be in [0, 1]")
         self.backbone = backbone
         self.head = head
+        read = [*head.in_features, *getattr(head, "mask_in_features", [])]
+        unread = freeze_unread_fpn_outputs(backbone, read)
+        if unread:
+            logger.info(f"FPN levels {unread} are not read by the head: their output convs get "
+                        "no gradient and are frozen (multi-process training needs every "
+                        "trainable parameter used)")
         self.teacher = nn.ModuleDict(
             {"backbone": copy.deepcopy(backbone), "head": copy.deepcopy(head)}
         )
