@@ -121,6 +121,9 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
     data = json.loads(report.with_suffix(".json").read_text())
     assert sorted(data["runs"]) == ["a", "b"] and data["wall_seconds"] > 0
     assert "(b) − (a) | novel box AR@100" in text
+    # runs one after the other in one process: each log holds its own run only
+    first = (tmp_path / "runs" / "b_seed0" / "log.txt").read_text()
+    assert "proposals.yaml" in first and "baseline.yaml" not in first
     with pytest.raises(SystemExit):
         _tool("ablation").main(["--rows", "z"])
     assert "unknown rows ['z']" in capsys.readouterr().err

@@ -136,6 +136,8 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
             record = json.load(f)
         logger.info(f"{record_file} exists: reusing it (delete the folder to train again)")
         return record, None
+    logger.info(f"run: {config_file}, seed {seed}, {torch.get_num_threads()} threads -> "
+                f"{output_dir}")
     cfg = experiment_cfg(config_file, seed, output_dir, opts)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
@@ -173,8 +175,14 @@ def _run_record(args: tuple) -> dict:
     from detectron2.utils.logger import setup_logger
 
     os.makedirs(output_dir, exist_ok=True)
+    # a worker runs several runs: each run's log only in its own folder
+    for name in ("detectron2", "vclr_d2"):
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
     if quiet:
         sys.stdout = sys.stderr = open(os.path.join(output_dir, "console.txt"), "a", buffering=1)
+    setup_logger.cache_clear()
     setup_logger(output_dir, name="detectron2", abbrev_name="d2")
     setup_logger(output_dir, name="vclr_d2")
     return run_row(config_file, seed, output_dir, opts, threads)[0]
