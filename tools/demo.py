@@ -69,10 +69,9 @@ def table(records: dict[str, list[dict]]) -> str:
 def load_model(cfg):
     """The trained model of a run folder (its ``model_final.pth``)."""
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
 
-    from vclr_d2.engine import VCLRTrainer
-
-    model = VCLRTrainer.build_model(cfg)
+    model = build_model(cfg)  # (not VCLRTrainer.build_model, which logs the whole model)
     DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     return model.eval()
 
