@@ -191,7 +191,9 @@ def test_own_images_discovery_merge_and_two_self_training_rounds(tiny_root, tmp_
             "--output", str(out), "--topk", "3", "--soft-targets", "--merge-base-proposals",
             *TINY, "DATASETS.SYNTHETIC.ROOT", tiny_root,
             "DATASETS.OPENWORLD.CUSTOM", f"[['my_train', '{mixed}', '{files.train_images}']]",
-            "DATASETS.TRAIN", "('my_train',)"]
+            "DATASETS.TRAIN", "('my_train',)",
+            # a set with known classes in its ground truth and a novel-only one
+            "DATASETS.TEST", "('synth_openworld_val_novel', 'synth_openworld_val_all')"]
     log = _run("self_train", *args)
     assert "| round 1 | round 2 | round 2 - round 1 |" in log
     r1, r2 = out / "seed0" / "round_1", out / "seed0" / "round_2"
