@@ -124,6 +124,14 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
     # runs one after the other in one process: each log holds its own run only
     first = (tmp_path / "runs" / "b_seed0" / "log.txt").read_text()
     assert "proposals.yaml" in first and "baseline.yaml" not in first
+    # --report-only: the report from the runs made so far, the missing ones named
+    only = tmp_path / "only.md"
+    assert _tool("ablation").main(["--rows", "a", "m", "--seeds", "0", "--report-only",
+                                   "--output", str(tmp_path / "runs"), "--report", str(only),
+                                   *opts]) == 0
+    text = only.read_text()
+    assert "Not run yet: (m) seed 0" in text and "| (a) known-class" in text
+    assert "| (m)" not in text and not (tmp_path / "runs" / "m_seed0").exists()
     with pytest.raises(SystemExit):
         _tool("ablation").main(["--rows", "z"])
     assert "unknown rows ['z']" in capsys.readouterr().err

@@ -37,7 +37,8 @@ METRICS = [f"{o} {t} AR@{k}" for o in ("known", "novel") for t in ("box", "mask"
 DIFFS = [("d", "a"), ("d", "b"), ("e", "b"), ("d", "c"), ("b", "a"), ("a", "m")]
 
 
-def build_report(records: dict, command: str, wall: float, machine: str) -> str:
+def build_report(records: dict, command: str, wall: float | None, machine: str,
+                 missing: list[str] = ()) -> str:
     from vclr_d2.engine.experiments import ROWS, markdown_table, paired_differences, summarize
 
     seeds = sorted({r["seed"] for runs in records.values() for r in runs})
@@ -50,9 +51,13 @@ def build_report(records: dict, command: str, wall: float, machine: str) -> str:
         "",
         f"    {command}",
         "",
-        f"Seeds {', '.join(map(str, seeds))}; wall-clock {wall / 60:.1f} min on {machine} "
-        f"(runs read back from an earlier invocation count 0; the runs' own times add up to "
-        f"{serial / 60:.0f} min). "
+        f"Seeds {', '.join(map(str, seeds))}; "
+        + (f"wall-clock {wall / 60:.1f} min on {machine} (runs read back from an earlier "
+           f"invocation count 0; " if wall is not None else
+           f"report of the runs made so far on {machine} (")
+        + f"the runs' own times add up to {serial / 60:.0f} min). "
+        + (f"**Not run yet: {', '.join(missing)}** (their rows average fewer seeds). "
+           if missing else "") +
         "Class-agnostic AR in percent of the EMA teacher (the student for (m)) on "
         "`synth_openworld_val_all`: *known* objects are of the 4 families annotated in training, "
         "*novel* of the 4 never annotated. Mean ± sample standard deviation over the seeds.",
@@ -83,6 +88,16 @@ def build_report(records: dict, command: str, wall: float, machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(report: str, text: str, command: str, wall: float | None, records: dict) -> None:
+    from vclr_d2.engine.experiments import machine
+
+    os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+    Path(report).write_text(text)
+    Path(report).with_suffix(".json").write_text(json.dumps(
+        {"command": command, "wall_seconds": None if wall is None else round(wall, 1),
+         "machine": machine(), "runs": records}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -97,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default cpu_count // jobs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the runs that have a run.json, train nothing")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="KEY VALUE config overrides applied to every row")
     args = parser.parse_args(argv)
@@ -123,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{record['seed']}: known box AR@100 {m['known box AR@100']:.1f}, novel box "
               f"AR@100 {m['novel box AR@100']:.1f} ({record['train_seconds']:.0f} s)", flush=True)
 
+    if args.report_only:
+        done = [r for r in runs if os.path.isfile(os.path.join(r[2], "run.json"))]
+        missing = [f"({Path(o).name.split('_seed')[0]}) seed {s}" for c, s, o in runs
+                   if (c, s, o) not in done]
+        results = [json.loads(Path(o, "run.json").read_text()) for _, _, o in done]
+        records = {r: [rec for (c, s, o), rec in zip(done, results)
+                       if o.endswith(f"/{r}_seed{s}")] for r in ROWS if r in args.rows}
+        records = {k: v for k, v in records.items() if v}
+        text = build_report(records, command, None, machine(), missing)
+        _write(report, text, command, None, records)
+        print(text)
+        return 0
     # the set once, here, before the runs start in parallel (cached under $DETECTRON2_DATASETS)
     from vclr_d2.data.datasets.synthetic import ensure_synthetic_openworld
     from vclr_d2.engine import get_vclr_cfg
@@ -137,11 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     records = {r: [rec for (c, s, o), rec in zip(runs, results) if o.endswith(f"/{r}_seed{s}")]
                for r in ROWS if r in args.rows}
     text = build_report(records, command, wall, machine())
-    os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
-    Path(report).write_text(text)
-    Path(report).with_suffix(".json").write_text(json.dumps(
-        {"command": command, "wall_seconds": round(wall, 1), "machine": machine(),
-         "runs": records}, indent=1))
+    _write(report, text, command, wall, records)
     print("\n" + text)
     print(f"report: {report} (JSON beside it)")
     return 0
