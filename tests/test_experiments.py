@@ -51,6 +51,12 @@ def test_one_seed_gives_identical_numbers_twice(tmp_path, opts):
     # a finished run is read back, not trained again
     record, model = run_row(config, 5, str(tmp_path / "first"), opts)
     assert model is None and record == runs["first"]
+    # ... unless it is the record of another run, or not a record
+    with pytest.raises(ValueError, match="record of another run"):
+        run_row(config, 6, str(tmp_path / "first"), opts)
+    (tmp_path / "other" / "run.json").write_text("{")
+    with pytest.raises(ValueError, match="other/run.json: not a run record"):
+        run_row(config, 6, str(tmp_path / "other"), opts)
 
 
 def test_experiment_cfg_requires_the_known_novel_split(tmp_path, opts):

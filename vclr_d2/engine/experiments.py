@@ -132,8 +132,17 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
 
     record_file = os.path.join(output_dir, "run.json")
     if os.path.isfile(record_file):
-        with open(record_file) as f:
-            record = json.load(f)
+        try:
+            with open(record_file) as f:
+                record = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{record_file}: not a run record ({e}); delete the folder to "
+                             "train the run again") from None
+        wanted = {"config": config_file, "seed": seed, "opts": list(opts)}
+        found = {k: record.get(k) for k in wanted}
+        if found != wanted:
+            raise ValueError(f"{record_file} is the record of another run ({found}, not "
+                             f"{wanted}); delete the folder or choose another output")
         logger.info(f"{record_file} exists: reusing it (delete the folder to train again)")
         return record, None
     logger.info(f"run: {config_file}, seed {seed}, {torch.get_num_threads()} threads -> "
