@@ -42,6 +42,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from vclr_d2.utils.io import expand_datasets_root
+
 __all__ = ["ViewSpec", "VCLRDatasetMapper", "build_geometric_augmentation", "view_path"]
 
 logger = logging.getLogger(__name__)
@@ -60,20 +62,15 @@ class ViewSpec:
         return self.name == "natural"
 
 
-def _expand_datasets_root(path: str) -> str:
-    root = os.environ.get("DETECTRON2_DATASETS", "datasets")
-    return path.replace("${DETECTRON2_DATASETS}", root).replace("$DETECTRON2_DATASETS", root)
-
-
 def view_path(natural_file: str, view: ViewSpec, root: str = "") -> str:
     """Path of ``view``'s file for the natural image ``natural_file`` (see the module doc)."""
     if view.is_natural:
         return natural_file
     split_dir, fname = os.path.split(natural_file)
     parent, split = os.path.split(split_dir)
-    folder = _expand_datasets_root(view.folder.replace("{split}", split))
+    folder = expand_datasets_root(view.folder.replace("{split}", split))
     if not os.path.isabs(folder):
-        folder = os.path.join(_expand_datasets_root(root) if root else parent, folder)
+        folder = os.path.join(expand_datasets_root(root) if root else parent, folder)
     return os.path.join(folder, os.path.splitext(fname)[0] + view.ext)
 
 

@@ -18,16 +18,15 @@ Bad input raises ``ProposalError`` (a ``ValueError``) naming the file, key and v
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 import torchvision
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from vclr_d2.utils.io import InputError, load_json, write_json
 
 __all__ = [
     "AGNOSTIC_CATEGORY",
@@ -49,34 +48,9 @@ COUNT_KEYS = ("read", "unknown_image", "degenerate", "below_thresh", "nms", "gt_
               "topk", "kept", "images", "images_without_proposals")
 
 
-class ProposalError(ValueError):
-    """A problem with a detections or ground-truth file; the message names the file, key and
-    value."""
-
-
-def load_json(path: str | os.PathLike, what: str):
-    """Read a JSON file; a missing or malformed file raises ``ProposalError`` naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise ProposalError(f"{what} file not found: {p}")
-    try:
-        with p.open("rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ProposalError(f"{what} file {p} is not valid JSON: {e.msg} at line {e.lineno}, "
-                            f"column {e.colno}") from e
-    except UnicodeDecodeError as e:
-        raise ProposalError(f"{what} file {p} is not UTF-8 text JSON: {e}") from e
-
-
-def write_json(obj, path: str | os.PathLike) -> None:
-    """Write compact JSON atomically (a temporary file renamed), creating parent folders."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
-    os.replace(tmp, p)
+# a problem with a detections or ground-truth file (the message names the file, key and value):
+# the project's one input-error type, under the name this module has always raised
+ProposalError = InputError
 
 
 def _bbox(value, where: str) -> list[float]:

@@ -51,6 +51,8 @@ from collections.abc import Callable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from vclr_d2.utils.io import datasets_root
+
 __all__ = [
     "OFFICIAL_OPENWORLD_DATASETS",
     "datasets_root",
@@ -79,11 +81,6 @@ OFFICIAL_OPENWORLD_DATASETS: dict[str, tuple[str, str]] = {
     "openworld_objects365_noncoco_val2017": (
         "object365_val", "openworld_objects365_noncoco_val.json"),
 }
-
-
-def datasets_root() -> str:
-    """``$DETECTRON2_DATASETS``, default ``datasets`` (detectron2's convention)."""
-    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
 def parse_proposal_rule(rule: str) -> Callable[[dict], bool]:

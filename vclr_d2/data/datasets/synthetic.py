@@ -90,6 +90,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
+from vclr_d2.utils.io import datasets_root
+
 __all__ = [
     "SHAPE_FAMILIES",
     "KNOWN_TEXTURES",
@@ -316,7 +318,7 @@ class SyntheticOpenWorldFiles:
 
 def default_synthetic_root() -> str:
     """``$DETECTRON2_DATASETS`` (default ``datasets``) + ``/synth_openworld``."""
-    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "synth_openworld")
+    return os.path.join(datasets_root(), "synth_openworld")
 
 
 def _check_args(num_train, num_val, image_size, seed, params):

@@ -1,0 +1,13 @@
+"""Small helpers shared by the library and the command-line tools.
+
+- ``io``: ``InputError`` (a bad input file or option, the message names it), ``load_json``,
+  ``write_json`` (atomic), ``datasets_root`` (``$DETECTRON2_DATASETS``, read in this one place);
+- ``cli``: ``HelpFormatter`` (the tool's docstring verbatim plus option defaults) and
+  ``run_tool`` (a tool's ``main`` body with ``InputError`` turned into ``prog: error: ...``).
+"""
+
+from .cli import HelpFormatter, run_tool
+from .io import InputError, datasets_root, expand_datasets_root, load_json, write_json
+
+__all__ = ["HelpFormatter", "InputError", "datasets_root", "expand_datasets_root", "load_json",
+           "run_tool", "write_json"]
