@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vclr_d2.data.proposals import ProposalError, check_gt, load_json
+from vclr_d2.data.proposals import check_gt
 from vclr_d2.discovery import (
     DiscoveryParams,
     ObjectDiscoverer,
@@ -46,6 +46,7 @@ from vclr_d2.discovery import (
     discover_dataset,
     images_from_folder,
 )
+from vclr_d2.utils import load_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         discoverer = ObjectDiscoverer(sources, params)
         counts = discover_dataset(discoverer, images, root, args.out, args.batch_size,
                                   resume=not args.overwrite, progress=not args.no_progress)
-    except (ProposalError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # InputError is a ValueError
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"{counts['images']} images ({counts['skipped']} already done): {counts['proposals']} "

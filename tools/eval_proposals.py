@@ -22,8 +22,9 @@ import argparse
 import os
 import sys
 
-from vclr_d2.data.proposals import ProposalError, load_json, read_detections, write_json
+from vclr_d2.data.proposals import read_detections
 from vclr_d2.evaluation import CocoGroundTruth, OpenWorldRecall, summarize
+from vclr_d2.utils import InputError, load_json, write_json
 
 
 def evaluate_file(gt: CocoGroundTruth, data, path: str, max_dets: list[int],
@@ -36,7 +37,7 @@ def evaluate_file(gt: CocoGroundTruth, data, path: str, max_dets: list[int],
         ids = {d["image_id"] for d in dets}
     img_ids = sorted(ids & set(gt.image_ids.tolist()))
     if not img_ids:
-        raise ProposalError(f"{path}: none of its images is in the ground truth")
+        raise InputError(f"{path}: none of its images is in the ground truth")
     out = {"images": len(img_ids), "per_image": len(dets) / len(img_ids)}
     tasks = ["bbox"]
     if gt.has_masks and dets and all("segmentation" in d for d in dets):
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         named.append((name, path))
     try:
         if not os.path.isfile(args.gt):
-            raise ProposalError(f"ground-truth file not found: {args.gt}")
+            raise InputError(f"ground-truth file not found: {args.gt}")
         gt = CocoGroundTruth.from_json(args.gt)
         subsets: dict[str, list[int] | None] = {"all": None}
         if args.known_classes:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         max_dets = sorted(set(args.max_dets))
         results = {name: evaluate_file(gt, load_json(path, "proposals"), path, max_dets,
                                        subsets) for name, path in named}
-    except (ProposalError, ValueError) as e:
+    except ValueError as e:  # InputError is a ValueError
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
     md = table(results, max_dets)

@@ -35,7 +35,6 @@ import argparse
 import sys
 
 from vclr_d2.data.proposals import (
-    ProposalError,
     check_gt,
     format_counts,
     load_json,
@@ -45,22 +44,13 @@ from vclr_d2.data.proposals import (
     read_detections,
     write_json,
 )
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                     argparse.RawDescriptionHelpFormatter):
-    """The module docstring verbatim, and the defaults of the options that have one."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
+from vclr_d2.utils import HelpFormatter, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="merge_proposals.py",
-        description=__doc__, formatter_class=_HelpFormatter)
+        description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dets", required=True, help="detections JSON (a COCO results list)")
     p.add_argument("--gt", required=True,
                    help="COCO JSON of the training images (and their ground truth)")
@@ -91,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     if args.topk < 1:
         parser.error(f"--topk must be >= 1, got {args.topk}")
-    try:
+
+    def body() -> int:
         gt = load_json(args.gt, "ground-truth")
         check_gt(gt, args.gt)
         dets = read_detections(load_json(args.dets, "detections"), args.dets)
@@ -102,14 +93,13 @@ def main(argv: list[str] | None = None) -> int:
             write_json(proposals_dataset(gt, selected), args.out)
         if args.mix_out:
             write_json(mixed_dataset(gt, selected, args.proposal_category_id), args.mix_out)
-    except ProposalError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    print(format_counts(counts))
-    for path in (args.out, args.mix_out):
-        if path:
-            print(f"wrote {path}")
-    return 0
+        print(format_counts(counts))
+        for path in (args.out, args.mix_out):
+            if path:
+                print(f"wrote {path}")
+        return 0
+
+    return run_tool(parser.prog, body)
 
 
 if __name__ == "__main__":
