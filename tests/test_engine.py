@@ -56,11 +56,20 @@ def test_every_registered_component_is_one_hop_from_the_package():
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
     import vclr_d2
-    from vclr_d2.modeling import VCLR_MATCHER_REGISTRY
+    from vclr_d2.modeling import VCLR_CRITERION_REGISTRY, VCLR_HEAD_REGISTRY, VCLR_MATCHER_REGISTRY
 
-    ours = [obj for reg in (META_ARCH_REGISTRY, BACKBONE_REGISTRY, VCLR_MATCHER_REGISTRY)
+    ours = [obj for reg in (META_ARCH_REGISTRY, BACKBONE_REGISTRY, VCLR_MATCHER_REGISTRY,
+                            VCLR_HEAD_REGISTRY, VCLR_CRITERION_REGISTRY)
             for _, obj in reg if obj.__module__.startswith("vclr_d2.")]
-    assert len(ours) == 5  # VCLR, two backbone builders, two matchers
+    assert len(ours) == 7  # VCLR, two backbone builders, two matchers, head, criterion
     assert all(getattr(vclr_d2, obj.__name__) is obj for obj in ours)
     assert all(obj.__name__ in vclr_d2.__all__ for obj in ours)
     assert vclr_d2.VCLRTrainer.__module__ == "vclr_d2.engine.trainer"
+
+
+def test_detectron2s_load_proposals_key_is_refused_with_the_vclr_key_named(model_cfg):
+    from vclr_d2.engine import VCLRTrainer
+
+    model_cfg.MODEL.LOAD_PROPOSALS = True
+    with pytest.raises(ValueError, match="INPUT.LOAD_PROPOSALS"):
+        VCLRTrainer.build_train_loader(model_cfg)

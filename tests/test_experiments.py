@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from tests.train_utils import TINY
-from vclr_d2.engine.experiments import (
-    ROWS,
-    experiment_cfg,
-    markdown_table,
-    paired_differences,
-    run_row,
-)
+from vclr_d2.engine.experiments import ROWS, experiment_cfg, run_row
+from vclr_d2.engine.report import markdown_table, paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = TINY + ["SOLVER.MAX_ITER", "3", "TEST.DETECTIONS_PER_IMAGE", "10"]

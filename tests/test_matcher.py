@@ -92,7 +92,7 @@ def test_dynamic_k_takes_k_from_summed_ious():
     assert sorted(pred_idx.tolist()) == [0, 1] and tgt_idx.tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("name", ["hungarian", "dynamic_k"])
+@pytest.mark.parametrize("name", ["HungarianMatcher", "DynamicKMatcher"])
 def test_no_targets_gives_no_pairs(cfg, name):
     cfg.MODEL.VCLR_MATCHER.NAME = name
     matcher = build_matcher(cfg)
@@ -117,3 +117,10 @@ def test_unknown_matcher_name_is_named(cfg):
     cfg.MODEL.VCLR_MATCHER.NAME = "greedy"
     with pytest.raises(ValueError, match="NAME='greedy'"):
         build_matcher(cfg)
+
+
+def test_old_short_matcher_name_says_its_registry_name(cfg):
+    cfg.MODEL.VCLR_MATCHER.NAME = "dynamic_k"
+    with pytest.raises(ValueError, match="now called 'DynamicKMatcher'"):
+        build_matcher(cfg)
+

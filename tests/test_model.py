@@ -319,7 +319,7 @@ def _train(model, batch, iters, lr=1e-3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("matcher", ["hungarian", "dynamic_k"])
+@pytest.mark.parametrize("matcher", ["HungarianMatcher", "DynamicKMatcher"])
 def test_overfits_one_image_to_full_recall(model_cfg, matcher):
     """A real learning check: fails if a loss, the box decoding or the matcher is broken."""
     model_cfg.MODEL.VCLR_MATCHER.NAME = matcher
@@ -481,3 +481,29 @@ def test_fpn_levels_the_head_does_not_read_are_frozen(model_cfg, head_levels, fr
     sum(model([training_input(image, masks)]).values()).backward()
     # every trainable parameter takes part in the loss (what DistributedDataParallel needs)
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_head_and_criterion_are_chosen_by_registry_name(model_cfg):
+    """A class registered under another name replaces the default head / criterion, and an
+    unknown name is an error naming the key."""
+    from vclr_d2.modeling.criterion import VCLR_CRITERION_REGISTRY, VCLRCriterion
+    from vclr_d2.modeling.head import VCLR_HEAD_REGISTRY, VCLRHead
+
+    class TestOnlyHead(VCLRHead):
+        pass
+
+    class TestOnlyCriterion(VCLRCriterion):
+        pass
+
+    for registry, cls in ((VCLR_HEAD_REGISTRY, TestOnlyHead),
+                          (VCLR_CRITERION_REGISTRY, TestOnlyCriterion)):
+        if cls.__name__ not in registry:
+            registry.register(cls)
+    model_cfg.MODEL.VCLR_HEAD.NAME = "TestOnlyHead"
+    model_cfg.MODEL.VCLR_LOSS.NAME = "TestOnlyCriterion"
+    model = build_model(model_cfg)
+    assert type(model.head) is TestOnlyHead
+    assert type(model.criterion) is TestOnlyCriterion
+    model_cfg.MODEL.VCLR_LOSS.NAME = "NoSuchLoss"
+    with pytest.raises(ValueError, match="MODEL.VCLR_LOSS.NAME='NoSuchLoss'"):
+        build_model(model_cfg)

@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from tests.model_utils import scene, training_input
+from tests.train_utils import TINY as BASE_TINY
 from vclr_d2.data.datasets import register_all, register_proposal_variant
 from vclr_d2.data.datasets.synthetic import ensure_synthetic_openworld
 from vclr_d2.discovery import DiscoveryParams, ObjectDiscoverer, PixelFeatures, discover_dataset
@@ -27,15 +28,8 @@ from vclr_d2.modeling.criterion import VCLRCriterion
 from vclr_d2.modeling.soft_targets import proposal_weight_map
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "DATASETS.SYNTHETIC.NUM_TRAIN", "8", "DATASETS.SYNTHETIC.NUM_VAL", "4",
-    "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
-    "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-    "TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.VCLR_HEAD.NUM_CONVS", "1",
-    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.VCLR_HEAD.EMBED_DIM", "32",
-    "MODEL.VCLR_HEAD.MASK_BRANCH_CHANNELS", "32",
-]
+# tests.train_utils.TINY (8 training images of 64 px, a small head, no evaluation), 2 iterations
+TINY = [*BASE_TINY, "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)"]
 
 
 def _tool(name):

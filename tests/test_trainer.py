@@ -12,20 +12,14 @@ from pathlib import Path
 
 import torch
 
+from tests.train_utils import TINY as BASE_TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny version of configs/synthetic/vclr.yaml: 8 training images of 64 px, 2 iterations.
-TINY = [
-    "DATASETS.SYNTHETIC.NUM_TRAIN", "8", "DATASETS.SYNTHETIC.NUM_VAL", "4",
-    "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
-    "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-    "TEST.EVAL_PERIOD", "2", "TEST.DETECTIONS_PER_IMAGE", "20",
-    "MODEL.VCLR_HEAD.NUM_CONVS", "1", "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.VCLR_HEAD.EMBED_DIM", "32", "MODEL.VCLR_HEAD.MASK_BRANCH_CHANNELS", "32",
-    # two test sets: results keyed by dataset (DefaultTrainer.test unwraps a single one)
-    "DATASETS.TEST", "('synth_openworld_val_novel', 'synth_openworld_val_all')",
-]
+# tests.train_utils.TINY (8 training images of 64 px, a small head), 2 iterations, evaluated at
+# the end on two test sets: results keyed by dataset (DefaultTrainer.test unwraps a single one)
+TINY = [*BASE_TINY, "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "TEST.EVAL_PERIOD", "2",
+        "DATASETS.TEST", "('synth_openworld_val_novel', 'synth_openworld_val_all')"]
 
 
 def _run(args: list[str], env: dict) -> str:

@@ -39,7 +39,8 @@ DIFFS = [("d", "a"), ("d", "b"), ("e", "b"), ("d", "c"), ("b", "a"), ("a", "m")]
 
 def build_report(records: dict, command: str, wall: float | None, machine: str,
                  missing: list[str] = ()) -> str:
-    from vclr_d2.engine.experiments import ROWS, markdown_table, paired_differences, summarize
+    from vclr_d2.engine.experiments import ROWS
+    from vclr_d2.engine.report import markdown_table, paired_differences, summarize
 
     seeds = sorted({r["seed"] for runs in records.values() for r in runs})
     serial = sum(r["train_seconds"] + r["eval_seconds"] for runs in records.values()

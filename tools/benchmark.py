@@ -41,15 +41,10 @@ INFERENCE_VARIANTS = ["convnext_atto", "convnext_tiny", "retinanet_R_50_FPN"]
 
 
 def _cfg(model: str, device: str, opts: list[str], config: str = "configs/Base-VCLR.yaml"):
-    from detectron2.config import get_cfg
+    from vclr_d2.engine import load_cfg
 
-    from vclr_d2 import add_vclr_config
-
-    cfg = get_cfg()
-    add_vclr_config(cfg)
-    cfg.merge_from_file(str(ROOT / config))
-    cfg.merge_from_list(["MODEL.CONVNEXT.NAME", model, "MODEL.DEVICE", device, *opts])
-    return cfg
+    return load_cfg(str(ROOT / config), ["MODEL.CONVNEXT.NAME", model, "MODEL.DEVICE", device,
+                                         *opts])
 
 
 def _batch(n: int, size: int, objects: int, device: str, with_targets: bool):
@@ -137,9 +132,9 @@ def run_inference(args) -> dict:
         cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
         cfg.MODEL.DEVICE = args.device
         cfg.TEST.DETECTIONS_PER_IMAGE = 300
+        cfg.MODEL.WEIGHTS = ""
     else:
-        cfg = _cfg(args.variant, args.device, [], args.config)
-    cfg.MODEL.WEIGHTS = ""
+        cfg = _cfg(args.variant, args.device, ["MODEL.WEIGHTS", ""], args.config)
     model = build_model(cfg).eval()
     batch = _batch(args.batch, args.size, 0, args.device, with_targets=False)
     times = []
@@ -159,12 +154,10 @@ def run_loader(args) -> dict:
     """Images/second of ``VCLRTrainer.build_train_loader`` with ``args.variant`` workers."""
     import itertools
 
-    from vclr_d2.data.datasets import register_all
     from vclr_d2.engine import VCLRTrainer
 
     cfg = _cfg(args.model, args.device, ["DATALOADER.NUM_WORKERS", args.variant,
                                          "SOLVER.IMS_PER_BATCH", str(args.batch)], args.config)
-    register_all(cfg)
     loader = iter(VCLRTrainer.build_train_loader(cfg))
     for _ in range(args.warmup):
         next(loader)

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from vclr_d2.engine import get_vclr_cfg, summary_table, train_and_evaluate
+from vclr_d2.engine import get_vclr_cfg, load_cfg, summary_table, train_and_evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from detectron2.utils.logger import setup_logger
 
-    from vclr_d2.data.datasets import register_all
-
     os.makedirs(args.output, exist_ok=True)
     for logger_name in ("detectron2", "vclr_d2"):
         setup_logger(os.path.join(args.output, "log.txt"), name=logger_name)
@@ -62,20 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     columns: dict[str, list[dict]] = {name: [] for name, _ in arms}
     for seed in args.seeds:
         for name, path in arms:
-            cfg = get_vclr_cfg(args.config_file, args.opts)
-            if len(cfg.DATASETS.TRAIN) != 1:
-                p.error(f"the config trains on {len(cfg.DATASETS.TRAIN)} datasets; "
+            given = get_vclr_cfg(args.config_file, args.opts)
+            if len(given.DATASETS.TRAIN) != 1:
+                p.error(f"the config trains on {len(given.DATASETS.TRAIN)} datasets; "
                         "compare_proposals needs exactly one")
-            if path:
-                base = cfg.DATASETS.TRAIN[0]
+            opts = list(args.opts)
+            if path:  # the training set with this arm's proposals, as a proposal variant
+                base = given.DATASETS.TRAIN[0]
                 variant = f"{base}_{name}"
-                cfg.DATASETS.OPENWORLD.PROPOSAL_VARIANTS = list(
-                    cfg.DATASETS.OPENWORLD.PROPOSAL_VARIANTS) + [f"{variant}={base}:{path}"]
-                cfg.DATASETS.TRAIN = (variant,)
-            cfg.SEED = seed
-            cfg.OUTPUT_DIR = os.path.join(args.output, f"{name}_seed{seed}")
-            cfg.freeze()
-            register_all(cfg)
+                variants = [*given.DATASETS.OPENWORLD.PROPOSAL_VARIANTS,
+                            f"{variant}={base}:{path}"]
+                opts += ["DATASETS.OPENWORLD.PROPOSAL_VARIANTS", repr(variants),
+                         "DATASETS.TRAIN", repr((variant,))]
+            cfg = load_cfg(args.config_file, opts, SEED=seed,
+                           OUTPUT_DIR=os.path.join(args.output, f"{name}_seed{seed}"))
             print(f"[compare_proposals] {name}, seed {seed} -> {cfg.OUTPUT_DIR}", flush=True)
             columns[name].append(train_and_evaluate(cfg))
     md = summary_table(columns, reference=arms[0][0])

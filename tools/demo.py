@@ -48,7 +48,7 @@ def config_file(name: str) -> str:
 def table(records: dict[str, list[dict]]) -> str:
     """Markdown: known and novel box / mask AR@10 / AR@100 of both models and the paired
     difference (mean, and ± sd over seeds when there are several)."""
-    from vclr_d2.engine.experiments import paired_differences, summarize
+    from vclr_d2.engine.report import paired_differences, summarize
 
     def fmt(values: list[float], sign: str = "") -> str:
         mean, sd = summarize(values)

@@ -96,22 +96,20 @@ def cpu_vs_device(s: SimpleNamespace, out: Path) -> dict:
     import torch
     from detectron2.modeling import build_model
 
-    from vclr_d2.data.datasets import register_all
-    from vclr_d2.engine import VCLRTrainer, get_vclr_cfg
+    from vclr_d2.engine import VCLRTrainer, load_cfg
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     opts = _SMALL_RUN + ["SOLVER.MAX_ITER", str(s.train_iters)]
     config = str(ROOT / "configs" / "synthetic" / "vclr.yaml")
-    cfg = get_vclr_cfg(config, opts)
+    cfg = load_cfg(config, opts)
     torch.manual_seed(0)
     init = out / "small_run_init.pth"
     torch.save({"model": build_model(cfg).state_dict()}, init)
     finals, times = {}, {}
     for name, device in (("reference_cpu", "cpu"), (f"checked_{s.device}", s.device)):
-        cfg = get_vclr_cfg(config, opts + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", str(init),
-                                           "OUTPUT_DIR", str(out / f"small_run_{name}")])
-        register_all(cfg)
+        cfg = load_cfg(config, opts + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", str(init),
+                                       "OUTPUT_DIR", str(out / f"small_run_{name}")])
         trainer = VCLRTrainer(cfg)
         trainer.resume_or_load(resume=False)
         t0 = time.perf_counter()

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from detectron2.utils.logger import setup_logger
     from tqdm import tqdm
 
-    from vclr_d2.engine import get_vclr_cfg
+    from vclr_d2.engine import load_cfg
     from vclr_d2.engine.predictor import (
         BatchPredictor,
         draw,
@@ -104,11 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.coco_json and any(s.is_video for s in sources):
             raise ValueError("--coco-json gives ids to image files; the inputs hold videos")
         ids = _image_ids(args.coco_json) if args.coco_json else None
-        cfg = get_vclr_cfg(args.config_file, args.opts)
-        if args.weights:
-            cfg.MODEL.WEIGHTS = args.weights
-        if args.student:
-            cfg.MODEL.VCLR.TEST_WITH_TEACHER = False
+        overrides = (["MODEL.WEIGHTS", args.weights] if args.weights else []) + (
+            ["MODEL.VCLR.TEST_WITH_TEACHER", "False"] if args.student else [])
+        cfg = load_cfg(args.config_file, list(args.opts) + overrides)
         predictor = BatchPredictor(cfg)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

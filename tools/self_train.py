@@ -35,7 +35,13 @@ import os
 import sys
 import time
 
-from vclr_d2.engine import SelfTrainingParams, get_vclr_cfg, run_self_training, summary_table
+from vclr_d2.engine import (
+    SelfTrainingParams,
+    get_vclr_cfg,
+    load_cfg,
+    run_self_training,
+    summary_table,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         args.output = get_vclr_cfg(args.config_file, args.opts).OUTPUT_DIR
     from detectron2.utils.logger import setup_logger
 
-    from vclr_d2.data.datasets import register_all
-
     os.makedirs(args.output, exist_ok=True)
     for name in ("detectron2", "vclr_d2"):
         setup_logger(os.path.join(args.output, "log.txt"), name=name)
@@ -88,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     per_seed = {}
     for seed in args.seeds:
-        cfg = get_vclr_cfg(args.config_file, args.opts)
-        cfg.SEED = seed
-        cfg.freeze()
-        register_all(cfg)
+        cfg = load_cfg(args.config_file, args.opts, SEED=seed)
         out = os.path.join(args.output, f"seed{seed}")
         print(f"[self_train] seed {seed}: {args.rounds} rounds -> {out}", flush=True)
         per_seed[seed] = run_self_training(cfg, params, out)

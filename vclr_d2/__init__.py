@@ -8,7 +8,11 @@ one hop from ``import vclr_d2``:
   ``TeacherPseudoLabeler`` as its parts;
 - backbones (``BACKBONE_REGISTRY``): ``build_convnext_fpn_backbone`` (timm ConvNeXt + FPN),
   ``build_vclr_resnet_fpn_backbone`` (detectron2 ResNet + FPN);
-- matchers (``VCLR_MATCHER_REGISTRY``): ``HungarianMatcher``, ``DynamicKMatcher``;
+- the meta-architecture's parts, each chosen by name from its registry: heads
+  (``VCLR_HEAD_REGISTRY``, ``MODEL.VCLR_HEAD.NAME``): ``VCLRHead``; criteria
+  (``VCLR_CRITERION_REGISTRY``, ``MODEL.VCLR_LOSS.NAME``): ``VCLRCriterion``; matchers
+  (``VCLR_MATCHER_REGISTRY``, ``MODEL.VCLR_MATCHER.NAME``): ``HungarianMatcher``,
+  ``DynamicKMatcher``;
 - data: ``VCLRDatasetMapper`` (views, proposals), the built-in open-world and synthetic
   datasets (``register_all``);
 - evaluation: ``OpenWorldEvaluator`` (class-agnostic AR, known/novel split);
@@ -23,6 +27,9 @@ from .data.datasets import register_all
 from .evaluation import OpenWorldEvaluator
 from .modeling import (
     VCLR,
+    VCLR_CRITERION_REGISTRY,
+    VCLR_HEAD_REGISTRY,
+    VCLR_MATCHER_REGISTRY,
     DynamicKMatcher,
     HungarianMatcher,
     VCLRCriterion,
@@ -35,6 +42,9 @@ from .modeling.pseudo_labels import TeacherPseudoLabeler
 
 __all__ = [
     "VCLR",
+    "VCLR_CRITERION_REGISTRY",
+    "VCLR_HEAD_REGISTRY",
+    "VCLR_MATCHER_REGISTRY",
     "DynamicKMatcher",
     "HungarianMatcher",
     "OpenWorldEvaluator",

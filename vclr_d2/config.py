@@ -54,6 +54,8 @@ def _add_backbone_config(cfg: CN) -> None:
 
 def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_HEAD = CN()
+    # The head class in VCLR_HEAD_REGISTRY (vclr_d2/modeling/head.py).
+    cfg.MODEL.VCLR_HEAD.NAME = "VCLRHead"
     # FPN levels the dense head runs on.
     cfg.MODEL.VCLR_HEAD.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     # Number of 3x3 conv + norm + ReLU layers in each of the two towers (objectness, box).
@@ -86,8 +88,9 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_HEAD.MAX_MASKS_PER_IMAGE = 64
 
     cfg.MODEL.VCLR_MATCHER = CN()
-    # "hungarian" (one-to-one, scipy linear_sum_assignment) or "dynamic_k" (one-to-many, SimOTA).
-    cfg.MODEL.VCLR_MATCHER.NAME = "hungarian"
+    # The matcher class in VCLR_MATCHER_REGISTRY: "HungarianMatcher" (one-to-one, scipy
+    # linear_sum_assignment) or "DynamicKMatcher" (one-to-many, SimOTA-style).
+    cfg.MODEL.VCLR_MATCHER.NAME = "HungarianMatcher"
     # Cost weights: C = w_cls * C_focal + w_l1 * L1(box) + w_giou * (-GIoU).
     cfg.MODEL.VCLR_MATCHER.COST_CLASS = 2.0
     cfg.MODEL.VCLR_MATCHER.COST_BOX_L1 = 5.0
@@ -102,6 +105,8 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.VCLR_MATCHER.DYNAMIC_K_TOPK = 10
 
     cfg.MODEL.VCLR_LOSS = CN()
+    # The criterion class in VCLR_CRITERION_REGISTRY (vclr_d2/modeling/criterion.py).
+    cfg.MODEL.VCLR_LOSS.NAME = "VCLRCriterion"
     # Per-term weights inside L_obj and L_gt (paper: dice 5, mask BCE 5, score 4, L1 5, GIoU 2).
     cfg.MODEL.VCLR_LOSS.DICE_WEIGHT = 5.0
     cfg.MODEL.VCLR_LOSS.MASK_WEIGHT = 5.0
@@ -218,6 +223,10 @@ def _add_input_config(cfg: CN) -> None:
     # Probability of a random crop before resizing (SPEC: 0.5, size 384-600).
     cfg.INPUT.CROP.PROB = 0.5
     # Load proposals (pseudo instances) for L_obj from the dataset dicts.
+    # Not detectron2's MODEL.LOAD_PROPOSALS on purpose: that one makes detectron2's loaders read
+    # precomputed RPN boxes (DATASETS.PROPOSAL_FILES_TRAIN, pickles of boxes + objectness
+    # logits) and feed them to the RoI heads; v-CLR's proposals are training *targets* with
+    # masks, read by VCLRDatasetMapper from the dataset dicts. MODEL.LOAD_PROPOSALS stays False.
     cfg.INPUT.LOAD_PROPOSALS = True
 
 
@@ -229,6 +238,9 @@ def _add_dataset_config(cfg: CN) -> None:
     # (key present and truthy), "has:<key>", "category:<id>[,<id>]" or "none" (all ground truth).
     cfg.DATASETS.OPENWORLD.PROPOSAL_RULE = "field:is_proposal"
     # Separate proposals files of official datasets, as "<dataset name>=<path>" entries.
+    # Not detectron2's DATASETS.PROPOSAL_FILES_TRAIN/TEST: those are pickles of RPN boxes that
+    # detectron2's loaders attach as "proposal_boxes"; these are COCO JSONs of pseudo-instances
+    # (boxes, masks, scores) merged into the dataset dicts at registration, by dataset name.
     cfg.DATASETS.OPENWORLD.PROPOSAL_FILES = []
     # Your own datasets, each [name, COCO json file, image folder] or [name, json, images,
     # separate proposals file]; registered like the official ones (class-agnostic, open-world

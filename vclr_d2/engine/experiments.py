@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import multiprocessing
 import os
 import platform
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,8 +28,8 @@ from detectron2.utils.env import seed_all_rng
 
 from .setup import load_cfg
 
-__all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "openworld_metrics", "run_row",
-           "run_rows", "summarize", "markdown_table", "paired_differences", "machine"]
+__all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "machine", "openworld_metrics",
+           "run_row", "run_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,34 +225,3 @@ def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), job
         return [f.result() for f in futures]
 
 
-def paired_differences(a: Sequence[Mapping], b: Sequence[Mapping], metric: str) -> list[float]:
-    """Per-seed ``a - b`` of ``metric`` over runs paired by seed (seeds present in both)."""
-    by_seed = {r["seed"]: r for r in b}
-    return [r["metrics"][metric] - by_seed[r["seed"]]["metrics"][metric]
-            for r in a if r["seed"] in by_seed]
-
-
-def summarize(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value; NaN-free inputs expected)."""
-    values = [float(v) for v in values]
-    if not values:
-        return math.nan, math.nan
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _fmt(values: Sequence[float]) -> str:
-    mean, sd = summarize(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f}"
-
-
-def markdown_table(records: Mapping[str, Sequence[Mapping]], metrics: Sequence[str],
-                   titles: Mapping[str, str] | None = None) -> str:
-    """Rows = ``records`` keys (each a list of run records over seeds), columns = ``metrics``;
-    mean ± sample sd over the seeds."""
-    head = "| row | " + " | ".join(metrics) + " |"
-    rows = [head, "| --- |" + " ---: |" * len(metrics)]
-    for key, runs in records.items():
-        label = f"({key}) {titles[key]}" if titles and key in titles else key
-        cells = [_fmt([r["metrics"][m] for r in runs]) for m in metrics]
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)

@@ -1,16 +1,22 @@
 """Tables of open-world results over seeds: mean ± standard deviation, and paired differences.
 
-``results`` everywhere is what ``train_and_evaluate`` returns: ``{dataset: {task: {metric:
-value}}}``, with ``_seen``/``_unseen`` metric suffixes where known and novel objects were told
-apart.
+Two shapes, one formatting (``mean ± sd``, one decimal):
+
+- ``summary_table``: one row per metric, one column per arm (self-training rounds, proposal
+  sources), from ``train_and_evaluate`` results: ``{dataset: {task: {metric: value}}}``, with
+  ``_seen``/``_unseen`` metric suffixes where known and novel objects were told apart;
+- ``markdown_table``: one row per arm, one column per metric, from the ablation's run records
+  (``{"seed", "metrics": {name: value}}``, ``vclr_d2.engine.experiments``), with
+  ``paired_differences`` between two arms' seeds.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 
-__all__ = ["metric_rows", "summary_table"]
+__all__ = ["markdown_table", "metric_rows", "paired_differences", "summarize", "summary_table"]
 
 _SPLITS = (("", "all"), ("_seen", "known"), ("_unseen", "novel"))
 _TASKS = (("bbox", "box"), ("segm", "mask"))
@@ -34,13 +40,21 @@ def _label(dataset: str, task: str, key: str) -> str:
     return f"| {dataset} | {split} | {dict(_TASKS)[task]} AR@{k} |"
 
 
-def _fmt(values: list[float]) -> str:
+def summarize(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); NaN for no values."""
+    values = [float(v) for v in values]
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: Sequence[float | None]) -> str:
+    """``mean ± sd`` over the seeds (one value: the value; missing or NaN ones left out)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    mean, sd = summarize(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f}"
 
 
 def summary_table(columns: dict[str, list[dict]], reference: str | None = None,
@@ -70,3 +84,23 @@ def summary_table(columns: dict[str, list[dict]], reference: str | None = None,
             cells.append(_fmt(diffs))
         lines.append(_label(dataset, task, key) + " " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_differences(a: Sequence[Mapping], b: Sequence[Mapping], metric: str) -> list[float]:
+    """Per-seed ``a - b`` of ``metric`` over runs paired by seed (seeds present in both)."""
+    by_seed = {r["seed"]: r for r in b}
+    return [r["metrics"][metric] - by_seed[r["seed"]]["metrics"][metric]
+            for r in a if r["seed"] in by_seed]
+
+
+def markdown_table(records: Mapping[str, Sequence[Mapping]], metrics: Sequence[str],
+                   titles: Mapping[str, str] | None = None) -> str:
+    """Rows = ``records`` keys (each a list of run records over seeds), columns = ``metrics``;
+    mean ± sample sd over the seeds."""
+    head = "| row | " + " | ".join(metrics) + " |"
+    rows = [head, "| --- |" + " ---: |" * len(metrics)]
+    for key, runs in records.items():
+        label = f"({key}) {titles[key]}" if titles and key in titles else key
+        cells = [_fmt([r["metrics"][m] for r in runs]) for m in metrics]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

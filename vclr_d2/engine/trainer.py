@@ -91,6 +91,12 @@ class VCLRTrainer(DefaultTrainer):
         from vclr_d2.data import VCLRDatasetMapper
         from vclr_d2.data.stream import build_train_stream_loader
 
+        if cfg.MODEL.LOAD_PROPOSALS:
+            raise ValueError(
+                "MODEL.LOAD_PROPOSALS=True asks for detectron2's precomputed RPN proposals "
+                "(DATASETS.PROPOSAL_FILES_TRAIN), which this trainer does not read; v-CLR's "
+                "proposal targets are switched by INPUT.LOAD_PROPOSALS and come from the dataset "
+                "(DATASETS.OPENWORLD.PROPOSAL_FILES)")
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_train_stream_loader(cfg, VCLRDatasetMapper(cfg, is_train=True), seed)
 

@@ -3,13 +3,15 @@ meta-architecture."""
 
 from .augment import StudentAugmentation
 from .backbone import build_convnext_fpn_backbone, build_vclr_resnet_fpn_backbone
-from .criterion import Targets, VCLRCriterion
-from .head import HeadOutputs, VCLRHead
+from .criterion import VCLR_CRITERION_REGISTRY, Targets, VCLRCriterion, build_vclr_criterion
+from .head import VCLR_HEAD_REGISTRY, HeadOutputs, VCLRHead, build_vclr_head
 from .matcher import VCLR_MATCHER_REGISTRY, DynamicKMatcher, HungarianMatcher, build_matcher
 from .meta_arch import VCLR
 
 __all__ = [
     "VCLR",
+    "VCLR_CRITERION_REGISTRY",
+    "VCLR_HEAD_REGISTRY",
     "VCLR_MATCHER_REGISTRY",
     "DynamicKMatcher",
     "HeadOutputs",
@@ -20,5 +22,7 @@ __all__ = [
     "VCLRHead",
     "build_convnext_fpn_backbone",
     "build_matcher",
+    "build_vclr_criterion",
+    "build_vclr_head",
     "build_vclr_resnet_fpn_backbone",
 ]

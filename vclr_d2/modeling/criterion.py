@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.utils.registry import Registry
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .boxes import box_mask, centerness
@@ -39,7 +40,14 @@ from .head import HeadOutputs
 from .numerics import float32_outside_autocast, mean_count_over_processes
 from .soft_targets import proposal_weight_map
 
-__all__ = ["Targets", "VCLRCriterion", "dice_loss", "quality_focal_loss", "similarity_loss"]
+__all__ = ["VCLR_CRITERION_REGISTRY", "Targets", "VCLRCriterion", "build_vclr_criterion",
+           "dice_loss", "quality_focal_loss", "similarity_loss"]
+
+VCLR_CRITERION_REGISTRY = Registry("VCLR_CRITERION")
+VCLR_CRITERION_REGISTRY.__doc__ = """
+Losses of the v-CLR meta-architecture, chosen by ``MODEL.VCLR_LOSS.NAME``. A registered class is
+built with ``cls(cfg)`` (``@configurable``) and called as ``VCLRCriterion`` is.
+"""
 
 
 @dataclass
@@ -93,6 +101,7 @@ def similarity_loss(q_student: torch.Tensor, q_teacher: torch.Tensor) -> torch.T
     return 1 - F.cosine_similarity(q_student, q_teacher.detach(), dim=-1)
 
 
+@VCLR_CRITERION_REGISTRY.register()
 class VCLRCriterion:
     """Computes the v-CLR loss dict from head outputs, targets and matches."""
 
@@ -352,3 +361,12 @@ class VCLRCriterion:
         if not terms:
             return zero
         return self.sim_weight * torch.cat(terms).sum() / num + zero
+
+
+def build_vclr_criterion(cfg):
+    """The criterion named by ``MODEL.VCLR_LOSS.NAME`` in ``VCLR_CRITERION_REGISTRY``."""
+    name = cfg.MODEL.VCLR_LOSS.NAME
+    if name not in VCLR_CRITERION_REGISTRY:
+        raise ValueError(f"MODEL.VCLR_LOSS.NAME={name!r} is not in VCLR_CRITERION_REGISTRY "
+                         f"({sorted(k for k, _ in VCLR_CRITERION_REGISTRY)})")
+    return VCLR_CRITERION_REGISTRY.get(name)(cfg)

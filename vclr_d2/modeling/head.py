@@ -34,10 +34,18 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.utils.registry import Registry
 from timm.layers import LayerNorm2d
 from torch import nn
 
-__all__ = ["VCLRHead", "HeadOutputs", "Scale"]
+__all__ = ["VCLR_HEAD_REGISTRY", "VCLRHead", "HeadOutputs", "Scale", "build_vclr_head"]
+
+VCLR_HEAD_REGISTRY = Registry("VCLR_HEAD")
+VCLR_HEAD_REGISTRY.__doc__ = """
+Dense heads of the v-CLR meta-architecture, chosen by ``MODEL.VCLR_HEAD.NAME``. A registered
+class is built with ``cls(cfg, input_shape)`` (``@configurable``; ``input_shape``: the backbone's
+output shapes by name) and returns ``HeadOutputs`` as ``VCLRHead`` does.
+"""
 
 
 @dataclass
@@ -136,6 +144,7 @@ class MaskFeatureBranch(nn.Module):
         return self.tower(x)
 
 
+@VCLR_HEAD_REGISTRY.register()
 class VCLRHead(nn.Module):
     """Dense head over FPN levels: objectness, boxes, quality, embeddings and mask coefficients."""
 
@@ -322,3 +331,12 @@ class VCLRHead(nn.Module):
             (P, Hm, Wm) mask logits at stride ``self.mask_stride``.
         """
         return torch.einsum("pm,mhw->phw", coeffs, mask_features)
+
+
+def build_vclr_head(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+    """The head named by ``MODEL.VCLR_HEAD.NAME`` in ``VCLR_HEAD_REGISTRY``."""
+    name = cfg.MODEL.VCLR_HEAD.NAME
+    if name not in VCLR_HEAD_REGISTRY:
+        raise ValueError(f"MODEL.VCLR_HEAD.NAME={name!r} is not in VCLR_HEAD_REGISTRY "
+                         f"({sorted(k for k, _ in VCLR_HEAD_REGISTRY)})")
+    return VCLR_HEAD_REGISTRY.get(name)(cfg, input_shape)

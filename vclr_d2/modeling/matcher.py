@@ -204,15 +204,17 @@ class DynamicKMatcher(_CostMatcher):
         return rows[matched], best_k[matched]
 
 
+# the short names configs used before the matchers were named by their registry names
+_RENAMED = {"hungarian": "HungarianMatcher", "dynamic_k": "DynamicKMatcher"}
+
+
 def build_matcher(cfg):
-    """Build the matcher named by ``MODEL.VCLR_MATCHER.NAME`` ("hungarian" or "dynamic_k")."""
-    names = {"hungarian": "HungarianMatcher", "dynamic_k": "DynamicKMatcher"}
+    """The matcher named by ``MODEL.VCLR_MATCHER.NAME`` in ``VCLR_MATCHER_REGISTRY``
+    (``HungarianMatcher`` or ``DynamicKMatcher``)."""
     name = cfg.MODEL.VCLR_MATCHER.NAME
-    registered = names.get(name, name)
-    if registered not in VCLR_MATCHER_REGISTRY:
-        raise ValueError(
-            f"MODEL.VCLR_MATCHER.NAME={name!r}: use one of {sorted(names)} or a class in "
-            f"VCLR_MATCHER_REGISTRY ({sorted(k for k, _ in VCLR_MATCHER_REGISTRY)})"
-        )
-    return VCLR_MATCHER_REGISTRY.get(registered)(cfg)
+    if name not in VCLR_MATCHER_REGISTRY:
+        hint = f"; it is now called {_RENAMED[name]!r}" if name in _RENAMED else ""
+        raise ValueError(f"MODEL.VCLR_MATCHER.NAME={name!r} is not in VCLR_MATCHER_REGISTRY "
+                         f"({sorted(k for k, _ in VCLR_MATCHER_REGISTRY)}){hint}")
+    return VCLR_MATCHER_REGISTRY.get(name)(cfg)
 

@@ -34,8 +34,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from .augment import StudentAugmentation
-from .criterion import Targets, VCLRCriterion
-from .head import HeadOutputs, VCLRHead
+from .criterion import Targets, VCLRCriterion, build_vclr_criterion
+from .head import HeadOutputs, VCLRHead, build_vclr_head
 from .matcher import build_matcher
 from .postprocess import PostProcessor
 from .pseudo_labels import TeacherPseudoLabeler
@@ -141,9 +141,9 @@ class VCLR(nn.Module):
         v = cfg.MODEL.VCLR
         return {
             "backbone": backbone,
-            "head": VCLRHead(cfg, backbone.output_shape()),
+            "head": build_vclr_head(cfg, backbone.output_shape()),
             "matcher": build_matcher(cfg),
-            "criterion": VCLRCriterion(cfg),
+            "criterion": build_vclr_criterion(cfg),
             "augmentation": StudentAugmentation(cfg),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
