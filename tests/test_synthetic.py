@@ -251,7 +251,7 @@ def test_default_root(monkeypatch):
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = syn._write_png
+    real = syn.writing._write_png
 
     def failing(path, rgb):
         calls["n"] += 1
@@ -259,12 +259,12 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real(path, rgb)
 
-    monkeypatch.setattr(syn, "_write_png", failing)
+    monkeypatch.setattr(syn.writing, "_write_png", failing)
     kwargs = dict(num_train=5, num_val=2, image_size=32, root=str(tmp_path), progress=False)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic_openworld(**kwargs)
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(syn, "_write_png", real)
+    monkeypatch.setattr(syn.writing, "_write_png", real)
     files = ensure_synthetic_openworld(**kwargs)
     assert files.is_complete() and os.listdir(tmp_path) == [os.path.basename(files.dir)]
 
@@ -272,14 +272,14 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_another_process_finishing_first_wins(tmp_path, monkeypatch):
     kwargs = dict(num_train=3, num_val=2, image_size=32, root=str(tmp_path), progress=False)
     files = synthetic_openworld_files(**{k: v for k, v in kwargs.items() if k != "progress"})
-    real = syn._generate
+    real = syn.writing._generate
 
     def racing(tmp, *args):
         real(tmp, *args)
         shutil.copytree(tmp, files.dir)  # the other process renames its copy first
         Path(files.dir, "theirs").touch()
 
-    monkeypatch.setattr(syn, "_generate", racing)
+    monkeypatch.setattr(syn.writing, "_generate", racing)
     assert ensure_synthetic_openworld(**kwargs) == files
     assert os.path.exists(os.path.join(files.dir, "theirs"))
     assert os.listdir(tmp_path) == [os.path.basename(files.dir)]

@@ -21,10 +21,11 @@ from pathlib import Path
 
 
 def _load_synthetic():
-    """Import the generator module without importing the whole vclr_d2 package (which loads
-    torch and detectron2): the tool only needs numpy, cv2 and pycocotools."""
-    path = Path(__file__).resolve().parents[1] / "vclr_d2" / "data" / "datasets" / "synthetic.py"
-    spec = importlib.util.spec_from_file_location("vclr_d2_synthetic", path)
+    """Import the generator package of this checkout by its path (``vclr_d2/data/datasets/
+    synthetic/``), under the name ``vclr_d2_synthetic``."""
+    folder = Path(__file__).resolve().parents[1] / "vclr_d2" / "data" / "datasets" / "synthetic"
+    spec = importlib.util.spec_from_file_location(
+        "vclr_d2_synthetic", folder / "__init__.py", submodule_search_locations=[str(folder)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # needed by dataclasses and by worker processes
     spec.loader.exec_module(module)
