@@ -2,7 +2,6 @@
 of the self-supervised families -> the detectron2 ResNet that configs/voc_r50.yaml builds."""
 
 import argparse
-import importlib.util
 import logging
 import os
 import pickle
@@ -21,19 +20,14 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from vclr_d2.checkpoint import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, convert_resnet
 from vclr_d2.engine import get_vclr_cfg
+from vclr_d2.utils import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("res2", "res3", "res4", "res5")
 
 
 def _tool():
-    if "convert_pretrained" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("convert_pretrained",
-                                                      ROOT / "tools" / "convert_pretrained.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["convert_pretrained"] = module
-    return sys.modules["convert_pretrained"]
+    return load_tool("convert_pretrained")
 
 
 def _randomise_norms(model: torch.nn.Module, seed: int) -> torch.nn.Module:

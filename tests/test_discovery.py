@@ -4,10 +4,8 @@ synthetic set, the resumable proposals file and its readers, the command line.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import cv2
@@ -37,17 +35,13 @@ from vclr_d2.discovery import (
     vote,
 )
 from vclr_d2.evaluation import evaluate_recall
+from vclr_d2.utils import load_tool
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "discover_objects.py"
 
 
 def _tool():
-    if "discover_objects" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("discover_objects", TOOL)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["discover_objects"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["discover_objects"]
+    return load_tool("discover_objects")
 
 
 # --------------------------------------------------------------------------- normalized cut

@@ -3,7 +3,6 @@ mode."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import torch
 from detectron2.modeling import build_model
 
 from vclr_d2.engine import get_vclr_cfg, launch
+from vclr_d2.utils import load_tool
 
 from .train_utils import CONFIG, ROOT, TINY, cli_args, max_abs_diff, model_state, train_net
 
@@ -94,10 +94,7 @@ def test_submit_slurm_runs_one_task_per_process_with_submitit(tmp_path, monkeypa
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the job's tasks import this checkout
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    spec = importlib.util.spec_from_file_location("submit_slurm",
-                                                  ROOT / "tools" / "submit_slurm.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("submit_slurm")
     out = tmp_path / "out"
     args = tool.parser().parse_args([
         "--executor", "local", "--num-gpus", "2", "--job-dir", str(tmp_path / "job"),
@@ -116,9 +113,7 @@ def test_submit_slurm_runs_one_task_per_process_with_submitit(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_gpu_check_smoke_mode_runs_every_step_on_the_cpu(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("gpu_check")
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--smoke", "--out", str(tmp_path)])
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
     tool.main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,13 @@ import torch
 from tests.train_utils import TINY
 from vclr_d2.engine.experiments import ROWS, experiment_cfg, run_row
 from vclr_d2.engine.report import markdown_table, paired_differences
+from vclr_d2.utils import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = TINY + ["SOLVER.MAX_ITER", "3", "TEST.DETECTIONS_PER_IMAGE", "10"]
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = load_tool
 
 
 @pytest.fixture

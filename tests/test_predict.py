@@ -4,7 +4,6 @@ results, from the model a short training run produces."""
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -22,18 +21,14 @@ from detectron2.structures import Boxes, Instances
 from tests.test_trainer import TINY
 from vclr_d2.engine.predictor import Source, draw, list_sources, select, to_coco_results
 from vclr_d2.evaluation import evaluate_recall
+from vclr_d2.utils import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/synthetic/vclr.yaml")
 
 
 def _tool():
-    if "predict_tool" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("predict_tool", ROOT / "tools/predict.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["predict_tool"] = module
-    return sys.modules["predict_tool"]
+    return load_tool("predict")
 
 
 @pytest.fixture(scope="module")

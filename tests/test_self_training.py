@@ -4,7 +4,6 @@ tools/eval_proposals.py end to end on a tiny synthetic set."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,19 +25,14 @@ from vclr_d2.engine import get_vclr_cfg, summary_table
 from vclr_d2.evaluation import evaluate_recall
 from vclr_d2.modeling.criterion import VCLRCriterion
 from vclr_d2.modeling.soft_targets import proposal_weight_map
+from vclr_d2.utils import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 # tests.train_utils.TINY (8 training images of 64 px, a small head, no evaluation), 2 iterations
 TINY = [*BASE_TINY, "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)"]
 
 
-def _tool(name):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+_tool = load_tool
 
 
 def _run(tool: str, *args) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
+
+from vclr_d2.utils import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "synthetic" / "vclr.yaml")
@@ -24,10 +25,7 @@ TINY = [
 
 def train_net():
     """``tools/train_net.py`` imported as a module."""
-    spec = importlib.util.spec_from_file_location("train_net", ROOT / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_net")
 
 
 def cli_args(out_dir, *opts: str, flags: tuple[str, ...] = ()):

@@ -20,12 +20,12 @@ end override the config (after an option other than ``--seeds``, which takes sev
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-from vclr_d2.engine import get_vclr_cfg, load_cfg, summary_table, train_and_evaluate
+from vclr_d2.engine import get_vclr_cfg, load_cfg, train_and_evaluate
+from vclr_d2.engine.report import write_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,17 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                            OUTPUT_DIR=os.path.join(args.output, f"{name}_seed{seed}"))
             print(f"[compare_proposals] {name}, seed {seed} -> {cfg.OUTPUT_DIR}", flush=True)
             columns[name].append(train_and_evaluate(cfg))
-    md = summary_table(columns, reference=arms[0][0])
-    seeds = ", ".join(map(str, args.seeds))
-    header = (f"{args.config_file} trained on different proposals, seed(s) {seeds}"
-              + (" (mean ± standard deviation)" if len(args.seeds) > 1 else "")
-              + ": teacher (EMA) weights, class-agnostic AR in percent.")
-    with open(os.path.join(args.output, "compare_proposals.md"), "w") as f:
-        f.write(header + "\n\n" + md + "\n")
-    with open(os.path.join(args.output, "compare_proposals.json"), "w") as f:
-        json.dump({"config": args.config_file, "opts": args.opts, "seeds": args.seeds,
-                   "arms": dict(arms), "results": columns}, f, indent=1)
-    print("\n" + header + "\n\n" + md)
+    md = write_summary(
+        args.output, "compare_proposals", f"{args.config_file} trained on different proposals",
+        columns, arms[0][0], args.seeds,
+        {"config": args.config_file, "opts": args.opts, "seeds": args.seeds, "arms": dict(arms),
+         "results": columns})
+    print("\n" + md)
     print(f"\n{args.output}/compare_proposals.md; {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

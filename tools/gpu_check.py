@@ -25,7 +25,6 @@ for a bare GPU machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -37,12 +36,6 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("vclr_benchmark", ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _reset_peak(device: str) -> None:
@@ -179,7 +172,9 @@ def main() -> None:
                     f"iterations after {s.warmup} warm-up" + (" (SMOKE: figures mean nothing)"
                                                              if args.smoke else ""),
     }
-    bench = _benchmark()
+    from vclr_d2.utils import load_tool
+
+    bench = load_tool("benchmark")
     res["train_step"] = train_steps(bench, s)
     res["inference"] = inference(bench, s)
     res["cpu_vs_device"] = cpu_vs_device(s, out)

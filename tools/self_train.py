@@ -30,7 +30,6 @@ several values).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -40,8 +39,8 @@ from vclr_d2.engine import (
     get_vclr_cfg,
     load_cfg,
     run_self_training,
-    summary_table,
 )
+from vclr_d2.engine.report import write_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,17 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         per_seed[seed] = run_self_training(cfg, params, out)
     columns = {f"round {r}": [per_seed[s][r - 1]["metrics"] for s in args.seeds]
                for r in range(1, args.rounds + 1)}
-    md = summary_table(columns, reference="round 1")
-    seeds = ", ".join(map(str, args.seeds))
-    header = (f"Self-training, {args.config_file}, seed(s) {seeds}"
-              + (" (mean ± standard deviation)" if len(args.seeds) > 1 else "")
-              + ": teacher (EMA) weights, class-agnostic AR in percent.")
-    with open(os.path.join(args.output, "self_training.md"), "w") as f:
-        f.write(header + "\n\n" + md + "\n")
-    with open(os.path.join(args.output, "self_training.json"), "w") as f:
-        json.dump({"config": args.config_file, "opts": args.opts, "seeds": args.seeds,
-                   "rounds": per_seed}, f, indent=1)
-    print("\n" + header + "\n\n" + md)
+    md = write_summary(
+        args.output, "self_training", f"Self-training, {args.config_file}", columns, "round 1",
+        args.seeds, {"config": args.config_file, "opts": args.opts, "seeds": args.seeds,
+                     "rounds": per_seed})
+    print("\n" + md)
     print(f"\n{args.output}/self_training.md; {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

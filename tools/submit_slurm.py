@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -28,14 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vclr_d2.engine import argument_parser, get_vclr_cfg  # noqa: E402
-
-
-def _train_net():
-    """``tools/train_net.py`` as a module (the tools folder is no package)."""
-    spec = importlib.util.spec_from_file_location("vclr_train_net", ROOT / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from vclr_d2.utils import load_tool  # noqa: E402
 
 
 class TrainJob:
@@ -62,7 +54,7 @@ class TrainJob:
         elif cuda:
             torch.cuda.set_device(env.local_rank)
         try:
-            return _train_net().main(self.args)
+            return load_tool("train_net").main(self.args)
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -12,11 +12,14 @@ Two shapes, one formatting (``mean ± sd``, one decimal):
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 
-__all__ = ["markdown_table", "metric_rows", "paired_differences", "summarize", "summary_table"]
+__all__ = ["markdown_table", "metric_rows", "paired_differences", "summarize", "summary_table",
+           "write_summary"]
 
 _SPLITS = (("", "all"), ("_seen", "known"), ("_unseen", "novel"))
 _TASKS = (("bbox", "box"), ("segm", "mask"))
@@ -104,3 +107,19 @@ def markdown_table(records: Mapping[str, Sequence[Mapping]], metrics: Sequence[s
         cells = [_fmt([r["metrics"][m] for r in runs]) for m in metrics]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def write_summary(output_dir: str, name: str, subject: str, columns: dict[str, list[dict]],
+                  reference: str, seeds: Sequence[int], record: dict) -> str:
+    """Write ``<output_dir>/<name>.md`` (a header naming ``subject`` and the seeds, then
+    ``summary_table(columns, reference)``) and ``<name>.json`` (``record``); return the
+    markdown, header included."""
+    header = (f"{subject}, seed(s) {', '.join(map(str, seeds))}"
+              + (" (mean ± standard deviation)" if len(seeds) > 1 else "")
+              + ": teacher (EMA) weights, class-agnostic AR in percent.")
+    md = header + "\n\n" + summary_table(columns, reference=reference)
+    with open(os.path.join(output_dir, f"{name}.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(output_dir, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    return md

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 from .io import InputError
 
-__all__ = ["HelpFormatter", "run_tool"]
+__all__ = ["TOOLS_DIR", "HelpFormatter", "load_tool", "run_tool"]
+
+# tools/ of the source checkout this package is imported from (an editable install)
+TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -29,3 +35,26 @@ def run_tool(prog: str, body: Callable[[], int | None]) -> int:
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` imported as a module (``tools/`` is no package), once per process:
+    for a tool that drives another (``gpu_check`` runs ``benchmark``) and for the tests.
+
+    Raises:
+        InputError: the checkout has no such tool (``tools/`` exists only in a source checkout).
+    """
+    key = f"vclr_tool_{name}"
+    if key not in sys.modules:
+        path = TOOLS_DIR / f"{name}.py"
+        if not path.is_file():
+            raise InputError(f"no tool {name!r}: {path} not found")
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]
