@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vclr_d2.data import VCLRDatasetMapper, ViewSpec, view_path
+from vclr_d2.data import views as views_module
 from vclr_d2.data.datasets import (
     OFFICIAL_OPENWORLD_DATASETS,
     load_openworld_json,
@@ -61,6 +63,35 @@ def test_view_path_follows_the_official_layout_root_and_absolute_folders(monkeyp
     assert view_path(nat, depth, root="$DETECTRON2_DATASETS/x") == (
         "/ds/x/train2017_depth_cmap/000000000009.png")
     assert view_path(nat, ViewSpec("natural")) == nat
+
+
+
+def test_config_defaults_and_voc_config_are_the_views_layout(cfg):
+    """INPUT.VIEWS.DIRS/EXTS defaults (and configs/voc.yaml) are the views module's layout,
+    and the mapper looks a view up exactly where tools/generate_views.py writes it."""
+    layout = views_module.LAYOUT
+    v = cfg.INPUT.VIEWS
+    assert list(v.NAMES) == ["natural", "depth", "style"]
+    assert list(v.DIRS) == ["", layout["depth"].folder, layout["style"].folder]
+    assert list(v.EXTS) == ["", layout["depth"].ext, layout["style"].ext]
+    assert list(v.DIRS) == ["", "{split}_depth_cmap", "style_coco_{split}"]
+    assert list(v.EXTS) == ["", ".png", ".jpg"]
+    voc = cfg.clone()
+    voc.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "voc.yaml"))
+    assert (list(voc.INPUT.VIEWS.DIRS), list(voc.INPUT.VIEWS.EXTS)) == (list(v.DIRS),
+                                                                        list(v.EXTS))
+    assert layout["depth"] is views_module.DEPTH and ViewSpec is views_module.ViewSpec
+    nat = "/d/coco/train2017/000000000009.jpg"
+    dirs = views_module.output_dirs(os.path.dirname(nat))
+    for name, folder, ext in zip(v.NAMES, v.DIRS, v.EXTS):
+        spec = ViewSpec(name, folder, ext)
+        if spec.is_natural:
+            continue
+        assert spec == layout[name]
+        assert view_path(nat, spec) == str(views_module.output_path(dirs, name, Path(nat)))
+    edges = layout["edges"]
+    assert view_path(nat, edges) == str(views_module.output_path(dirs, "edges", Path(nat)))
+    assert view_path(nat, edges) == "/d/coco/train2017_edges/000000000009.png"
 
 
 def test_same_geometry_reaches_view_and_natural_pixel_exactly(data_cfg, mixed):

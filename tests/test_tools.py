@@ -13,6 +13,9 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from vclr_d2.data import views
+from vclr_d2.utils import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
 
@@ -339,9 +342,8 @@ def _palette(cmap):
 
 
 def test_edges_equal_opencv_and_layout(image_dir):
-    gv = _tool("generate_views")
-    counts = gv.generate_views(image_dir, "edges", canny_low=50, canny_high=150, blur=3,
-                               progress=False)
+    counts = views.generate_views(image_dir, "edges", canny_low=50, canny_high=150, blur=3,
+                                  progress=False)
     assert counts == {"edges": {"written": 3, "skipped": 0}}
     for src in sorted(image_dir.iterdir()):
         out = image_dir.parent / "train2017_edges" / f"{src.stem}.png"
@@ -354,12 +356,11 @@ def test_edges_equal_opencv_and_layout(image_dir):
 
 
 def test_depth_ramp_is_colorized_at_image_size(image_dir, models, tmp_path):
-    gv = _tool("generate_views")
     for invert in (False, True):
         out_root = tmp_path / f"views_{invert}"
-        counts = gv.generate_views(image_dir, "depth", out_root=out_root,
-                                   depth_model=str(models["ramp"]), colormap="magma",
-                                   invert_depth=invert, progress=False)
+        counts = views.generate_views(image_dir, "depth", out_root=out_root,
+                                      depth_model=str(models["ramp"]), colormap="magma",
+                                      invert_depth=invert, progress=False)
         assert counts == {"depth": {"written": 3, "skipped": 0}}
         got = cv2.imread(str(out_root / "train2017_depth_cmap" / "000003.png"))
         ramp = np.arange(256, dtype=np.uint8)[None].repeat(30, axis=0)
@@ -371,13 +372,12 @@ def test_depth_ramp_is_colorized_at_image_size(image_dir, models, tmp_path):
 
 
 def test_depth_tiny_convnet_and_workers_are_identical(image_dir, models, tmp_path):
-    gv = _tool("generate_views")
     runs = {}
     for workers in (0, 2):
         root = tmp_path / f"w{workers}"
-        gv.generate_views(image_dir, ["edges", "depth", "style"], out_root=root,
-                          depth_model=str(models["tiny"]), style_model=str(models["identity"]),
-                          workers=workers, progress=False)
+        views.generate_views(image_dir, ["edges", "depth", "style"], out_root=root,
+                             depth_model=str(models["tiny"]), style_model=str(models["identity"]),
+                             workers=workers, progress=False)
         runs[workers] = {p.relative_to(root): p.read_bytes()
                          for p in sorted(root.rglob("*")) if p.is_file()}
     assert len(runs[0]) == 9 and runs[0] == runs[2]
@@ -423,9 +423,8 @@ def _save_tiny_hf_depth(kind, folder):
 @pytest.mark.parametrize("kind", ["dpt", "zoedepth"])
 def test_depth_from_tiny_hf_model(kind, image_dir, tmp_path):
     folder = _save_tiny_hf_depth(kind, tmp_path / f"tiny-{kind}")
-    gv = _tool("generate_views")
-    counts = gv.generate_views(image_dir, "depth", depth_model=str(folder), colormap="jet",
-                               progress=False)
+    counts = views.generate_views(image_dir, "depth", depth_model=str(folder), colormap="jet",
+                                  progress=False)
     assert counts["depth"]["written"] == 3
     palette = _palette(cv2.COLORMAP_JET)
     for src in image_dir.iterdir():
@@ -435,46 +434,45 @@ def test_depth_from_tiny_hf_model(kind, image_dir, tmp_path):
 
 
 def test_resume_skips_existing_and_overwrite_redoes(image_dir, models, caplog):
-    gv = _tool("generate_views")
     kw = {"depth_model": str(models["ramp"]), "progress": False}
-    gv.generate_views(image_dir, "edges,depth", **kw)
+    views.generate_views(image_dir, "edges,depth", **kw)
     outs = sorted(image_dir.parent.glob("train2017_*/*.png"))
     assert len(outs) == 6
     past = 1_000_000_000
     for p in outs:
         os.utime(p, (past, past))
-    with caplog.at_level("INFO", logger="generate_views"):
-        counts = gv.generate_views(image_dir, "edges,depth,style", **kw)
+    with caplog.at_level("INFO", logger="vclr_d2.data.views"):
+        counts = views.generate_views(image_dir, "edges,depth,style", **kw)
     assert counts == {"style": {"written": 0, "skipped": 0, "skipped_no_model": 3},
                       "edges": {"written": 0, "skipped": 3},
                       "depth": {"written": 0, "skipped": 3}}
     assert "no --style-model" in caplog.text and "skipped" in caplog.text
     assert all(p.stat().st_mtime == past for p in outs)
     (image_dir.parent / "train2017_edges" / "000002.png").unlink()
-    counts = gv.generate_views(image_dir, "edges", **kw)
+    counts = views.generate_views(image_dir, "edges", **kw)
     assert counts["edges"] == {"written": 1, "skipped": 2}
-    counts = gv.generate_views(image_dir, "edges,depth", overwrite=True, **kw)
+    counts = views.generate_views(image_dir, "edges,depth", overwrite=True, **kw)
     assert counts == {"edges": {"written": 3, "skipped": 0}, "depth": {"written": 3, "skipped": 0}}
     assert all(p.stat().st_mtime != past for p in outs)
 
 
 def test_views_errors_name_the_problem(image_dir, tmp_path, capsys):
-    gv = _tool("generate_views")
-    with pytest.raises(gv.ToolError, match="nowhere"):
-        gv.generate_views(tmp_path / "nowhere", "edges", progress=False)
-    with pytest.raises(gv.ToolError, match="--depth-model"):
-        gv.generate_views(image_dir, "depth", progress=False)
-    with pytest.raises(gv.ToolError, match="valid: edges, depth, style"):
-        gv.generate_views(image_dir, "edges,normals", progress=False)
+    with pytest.raises(InputError, match="nowhere"):
+        views.generate_views(tmp_path / "nowhere", "edges", progress=False)
+    with pytest.raises(InputError, match="--depth-model"):
+        views.generate_views(image_dir, "depth", progress=False)
+    with pytest.raises(InputError, match="valid: edges, depth, style"):
+        views.generate_views(image_dir, "edges,normals", progress=False)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
-    with pytest.raises(gv.ToolError, match="junk.pt"):
-        gv.generate_views(image_dir, "depth", depth_model=str(junk), progress=False)
-    with pytest.raises(gv.ToolError, match="config.json"):
-        gv.generate_views(image_dir, "depth", depth_model=str(tmp_path), progress=False)
+    with pytest.raises(InputError, match="junk.pt"):
+        views.generate_views(image_dir, "depth", depth_model=str(junk), progress=False)
+    with pytest.raises(InputError, match="config.json"):
+        views.generate_views(image_dir, "depth", depth_model=str(tmp_path), progress=False)
     (image_dir / "000004.jpg").write_bytes(b"broken")
-    with pytest.raises(gv.ToolError, match="000004.jpg"):
-        gv.generate_views(image_dir, "edges", progress=False)
+    with pytest.raises(InputError, match="000004.jpg"):
+        views.generate_views(image_dir, "edges", progress=False)
+    gv = _tool("generate_views")  # the command line: InputError -> message, status 1
     assert gv.main(["--images", str(image_dir), "--views", "depth", "--colormap", "nope",
                     "--depth-model", str(junk)]) == 1
     err = capsys.readouterr().err
@@ -496,6 +494,71 @@ def test_views_cli(image_dir, tmp_path):
     assert r.returncode == 0 and "edges: 0 written, 3 existing skipped" in r.stdout
     r = _cli("generate_views", "--images", tmp_path / "missing", "--views", "edges")
     assert r.returncode == 1 and "missing" in r.stderr
+
+
+
+def test_views_main_end_to_end(image_dir, models, tmp_path, capsys):
+    """The command line in-process: options -> library call -> one line per view, status 0;
+    the files are those of the library call with the same options."""
+    gv = _tool("generate_views")
+    out = tmp_path / "cli"
+    assert gv.main(["--images", str(image_dir), "--views", "depth,edges", "--out-root", str(out),
+                    "--depth-model", str(models["ramp"]), "--colormap", "magma", "--blur", "3",
+                    "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"edges: 3 written, 0 existing skipped -> {out / 'train2017_edges'}",
+                     f"depth: 3 written, 0 existing skipped -> {out / 'train2017_depth_cmap'}"]
+    lib = tmp_path / "lib"
+    views.generate_views(image_dir, "depth,edges", out_root=lib, depth_model=str(models["ramp"]),
+                         colormap="magma", blur=3, progress=False)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert len(files) == 6
+    assert files == sorted(p.relative_to(lib) for p in lib.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (lib / f).read_bytes() for f in files)
+
+
+def test_edges_view_blur_and_channel_order():
+    """blur 0 (or 1) is plain Canny, the synthetic set's edges view; blur k blurs first."""
+    rng = np.random.default_rng(1)
+    bgr = (rng.random((37, 53, 3)) * 60).astype(np.uint8)
+    cv2.rectangle(bgr, (4, 5), (30, 25), (40, 200, 230), -1)
+    cv2.circle(bgr, (40, 20), 9, (250, 30, 90), -1)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    plain = cv2.cvtColor(cv2.Canny(gray, 100, 200), cv2.COLOR_GRAY2BGR)
+    assert plain.any()
+    assert np.array_equal(views.edges_view(bgr, blur=0), plain)
+    assert np.array_equal(views.edges_view(bgr, blur=1), plain)
+    blurred = cv2.Canny(cv2.GaussianBlur(gray, (5, 5), 0), 100, 200)
+    assert np.array_equal(views.edges_view(bgr), cv2.cvtColor(blurred, cv2.COLOR_GRAY2BGR))
+    assert not np.array_equal(blurred, plain[..., 0])
+    # an RGB image: the RGB grayscale weights; equal to the synthetic set's formula
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    synthetic = cv2.Canny(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 100.0, 200.0)
+    got = views.edges_view(rgb, 100, 200, blur=0, channels="RGB")
+    assert got.shape == (37, 53, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, np.repeat(synthetic[..., None], 3, 2))
+    assert np.array_equal(got, plain)
+    with pytest.raises(ValueError, match="channels"):
+        views.edges_view(bgr, channels="BGRA")
+
+
+def test_views_layout_is_the_tools_documented_layout(tmp_path):
+    """output_dirs/output_path follow layout.LAYOUT, which is what the tool's --help states."""
+    image_dir = tmp_path / "coco" / "train2017"
+    dirs = views.output_dirs(image_dir)
+    assert dirs == {"depth": tmp_path / "coco" / "train2017_depth_cmap",
+                    "style": tmp_path / "coco" / "style_coco_train2017",
+                    "edges": tmp_path / "coco" / "train2017_edges"}
+    assert views.output_dirs(image_dir, tmp_path / "v")["style"] == (
+        tmp_path / "v" / "style_coco_train2017")
+    img = image_dir / "000000000009.jpg"
+    assert [views.output_path(dirs, v, img).name for v in views.VIEWS] == [
+        "000000000009.png", "000000000009.png", "000000000009.jpg"]
+    doc = _tool("generate_views").__doc__
+    for name, spec in views.LAYOUT.items():
+        folder = spec.folder.replace("{split}", "<split>")
+        assert f"* {name}: ``<root>/{folder}/<stem>{spec.ext}``" in doc
+    assert views.ToolError is InputError  # the tool's former exception name
 
 
 # ----------------------------------------------------------------------------- embedding_stats

@@ -8,6 +8,8 @@ Call order in a training script: ``get_cfg`` -> ``add_vclr_config`` -> ``merge_f
 
 from detectron2.config import CfgNode as CN
 
+from vclr_d2.data.views.layout import DEPTH, STYLE
+
 __all__ = ["add_vclr_config"]
 
 
@@ -207,10 +209,11 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.VIEWS.PROBS = [1.0 / 3, 1.0 / 3, 1.0 / 3]
     # Folder of each view's files. A relative folder sits next to the natural image's folder
     # (official layout: coco/train2017 -> coco/train2017_depth_cmap); "{split}" is replaced by
-    # the natural folder's name. Empty for "natural".
-    cfg.INPUT.VIEWS.DIRS = ["", "{split}_depth_cmap", "style_coco_{split}"]
-    # File extension of each view's files.
-    cfg.INPUT.VIEWS.EXTS = ["", ".png", ".jpg"]
+    # the natural folder's name. Empty for "natural". The defaults are the layout defined in
+    # vclr_d2.data.views.layout, the one tools/generate_views.py writes.
+    cfg.INPUT.VIEWS.DIRS = ["", DEPTH.folder, STYLE.folder]
+    # File extension of each view's files (defaults: from the same layout).
+    cfg.INPUT.VIEWS.EXTS = ["", DEPTH.ext, STYLE.ext]
     # The view the teacher sees: "natural" (the paper) or one of NAMES, read for every image
     # with the same geometry as the student's view.
     cfg.INPUT.VIEWS.TEACHER = "natural"

@@ -14,7 +14,8 @@ For each training image the mapper
    ``proposals`` (pseudo instances: ``gt_boxes``, ``scores`` and ``gt_masks`` when every
    proposal of the image has a segmentation), ``view`` (the name) and ``view_fallback``.
 
-Where a view's file lives: for a natural image ``<parent>/<split>/<stem>.<ext>`` the view
+Where a view's file lives is defined in ``vclr_d2.data.views.layout`` (``ViewSpec``,
+``view_path``, re-exported here): for a natural image ``<parent>/<split>/<stem>.<ext>`` the view
 ``(name, folder, ext)`` is ``<parent>/<folder>/<stem><ext>`` with ``{split}`` in ``folder``
 replaced by ``<split>`` (the official layout: ``coco/train2017/x.jpg`` ->
 ``coco/train2017_depth_cmap/x.png``). ``INPUT.VIEWS.ROOT`` replaces ``<parent>``; an absolute
@@ -32,7 +33,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -42,36 +42,11 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from vclr_d2.utils.io import expand_datasets_root
+from .views.layout import ViewSpec, view_path
 
 __all__ = ["ViewSpec", "VCLRDatasetMapper", "build_geometric_augmentation", "view_path"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """A student view: its name, the folder pattern of its files and their extension."""
-
-    name: str
-    folder: str = ""
-    ext: str = ""
-
-    @property
-    def is_natural(self) -> bool:
-        return self.name == "natural"
-
-
-def view_path(natural_file: str, view: ViewSpec, root: str = "") -> str:
-    """Path of ``view``'s file for the natural image ``natural_file`` (see the module doc)."""
-    if view.is_natural:
-        return natural_file
-    split_dir, fname = os.path.split(natural_file)
-    parent, split = os.path.split(split_dir)
-    folder = expand_datasets_root(view.folder.replace("{split}", split))
-    if not os.path.isabs(folder):
-        folder = os.path.join(expand_datasets_root(root) if root else parent, folder)
-    return os.path.join(folder, os.path.splitext(fname)[0] + view.ext)
 
 
 def build_geometric_augmentation(cfg, is_train: bool) -> list[T.Augmentation]:
@@ -168,8 +143,8 @@ class VCLRDatasetMapper:
         self.instance_mask_format = instance_mask_format
         self.load_proposals = load_proposals
         self.recompute_boxes = recompute_boxes and use_instance_mask
-        # Per-process counters (each dataloader worker has its own copy).
-        self.view_counts = {v.name: 0 for v in self.views}
+        # Per-process count for read_view's warnings (each dataloader worker has its own copy);
+        # the per-iteration count is logged by the model (vclr/view_fallbacks).
         self.num_fallbacks = 0
         probs = [(v.name, round(float(p), 4)) for v, p in zip(self.views, self.view_probs)]
         logger.info(f"[VCLRDatasetMapper] augmentations: {augmentations}; views: {probs}")
@@ -220,7 +195,6 @@ class VCLRDatasetMapper:
         image replaced it."""
         if view is None:
             view = self.sample_view()
-            self.view_counts[view.name] += 1
         if view.is_natural:
             return natural, view.name, False
         path = view_path(dataset_dict["file_name"], view, self.view_root)
