@@ -8,7 +8,7 @@ Rows (configs under configs/synthetic/, see vclr_d2/engine/experiments.py):
   (b) proposals.yaml  (a) + proposals
   (c) views.yaml      (b) + views and student augmentations
   (d) vclr.yaml       (c) + L_sim = v-CLR
-  (e) vclr_plus.yaml  (d) + the teacher on the depth view making pseudo-labels
+  (e) vclr_plus.yaml  (b) + natural/depth views + L_sim, the depth-view teacher's pseudo-labels
   (m) mask_rcnn.yaml  detectron2's Mask R-CNN on the data of (a) (yardstick)
 
 Each run trains into <output>/<row>_seed<seed>/ and writes run.json there; a run whose run.json
