@@ -53,8 +53,14 @@ def load_tool(name: str) -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
         try:
-            spec.loader.exec_module(module)
+            spec.loader.exec_module(module)  # registered first: dataclasses look themselves up
         except BaseException:
             del sys.modules[key]
             raise
+        try:  # other processes cannot import it by name: cloudpickle (submitit) sends it by value
+            import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+        except ImportError:
+            pass
     return sys.modules[key]
