@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
-import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from vclr_d2.data.datasets.synthetic import (
     ensure_synthetic_openworld,
     synthetic_openworld_files,
 )
+from vclr_d2.utils import load_tool
 
 SMALL = dict(num_train=20, num_val=10, image_size=64, seed=0)
 
@@ -311,10 +311,7 @@ def test_bad_arguments_name_the_argument(tmp_path, kwargs, name):
 
 
 def test_generate_tool(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "tools" / "generate_synthetic.py"
-    spec = importlib.util.spec_from_file_location("generate_synthetic_tool", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("generate_synthetic")
     argv = ["--num-train", "4", "--num-val", "2", "--image-size", "48", "--root",
             str(tmp_path), "--no-progress"]
     assert tool.main(argv) == 0

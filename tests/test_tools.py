@@ -1,6 +1,5 @@
 """Data-preparation tools: open-world splits, proposal merging and student views."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from vclr_d2.data import views
-from vclr_d2.utils import InputError
+from vclr_d2.utils import InputError, load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
@@ -22,14 +21,7 @@ TOOLS = ROOT / "tools"
 VOC_IDS = {1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72}
 
 
-def _tool(name):
-    """Import tools/<name>.py as module ``name`` (registered, so worker processes find it)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+_tool = load_tool  # tools/<name>.py as a module
 
 
 def _cli(name, *args):

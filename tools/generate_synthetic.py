@@ -12,24 +12,10 @@ proposals on novel objects. See docs/synthetic.md for the generator's parameters
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
-from pathlib import Path
-
-
-def _load_synthetic():
-    """Import the generator package of this checkout by its path (``vclr_d2/data/datasets/
-    synthetic/``), under the name ``vclr_d2_synthetic``."""
-    folder = Path(__file__).resolve().parents[1] / "vclr_d2" / "data" / "datasets" / "synthetic"
-    spec = importlib.util.spec_from_file_location(
-        "vclr_d2_synthetic", folder / "__init__.py", submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # needed by dataclasses and by worker processes
-    spec.loader.exec_module(module)
-    return module
 
 
 def _disk_usage(folder: str) -> tuple[int, int, int]:
@@ -62,7 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    syn = _load_synthetic()
+    from vclr_d2.data.datasets import synthetic as syn
+
     kwargs = dict(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                   seed=args.seed, root=args.root)
     try:
