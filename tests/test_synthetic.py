@@ -322,3 +322,56 @@ def test_generate_tool(tmp_path, capsys):
     assert "found in the cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         tool.main(["--image-size", "8", "--root", str(tmp_path)])
+
+
+SWAP = (("ring", "cross", "hexagon", "crescent"), ("ellipse", "rectangle", "triangle", "star"))
+
+
+def test_generate_tool_family_split(tmp_path, capsys):
+    tool = load_tool("generate_synthetic")
+    argv = ["--num-train", "4", "--num-val", "2", "--image-size", "48", "--root",
+            str(tmp_path), "--no-progress", "--known-families", *SWAP[0],
+            "--novel-families", *SWAP[1]]
+    assert tool.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "known classes:     ring, cross, hexagon, crescent" in out
+    assert "novel classes:     ellipse, rectangle, triangle, star" in out
+    with pytest.raises(SystemExit):  # overlaps the default novel families
+        tool.main(["--root", str(tmp_path), "--known-families", "ring"])
+    assert "overlap" in capsys.readouterr().err
+
+
+def test_config_family_split_registers_another_set(tmp_path):
+    """DATASETS.SYNTHETIC.KNOWN_FAMILIES / NOVEL_FAMILIES: a held-out split with its own cache
+    folder, annotated by the swapped families; a bad family is named with the key."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from vclr_d2.config import add_vclr_config
+    from vclr_d2.data.datasets.builtin import register_all
+
+    cfg = get_cfg()
+    add_vclr_config(cfg)
+    cfg.DATASETS.SYNTHETIC.ROOT = str(tmp_path)
+    cfg.DATASETS.SYNTHETIC.NUM_TRAIN, cfg.DATASETS.SYNTHETIC.NUM_VAL = 6, 3
+    cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 48
+    try:
+        register_all(cfg)
+        default_dir = os.path.dirname(MetadataCatalog.get("synth_openworld_train").json_file)
+        cfg.DATASETS.SYNTHETIC.KNOWN_FAMILIES, cfg.DATASETS.SYNTHETIC.NOVEL_FAMILIES = map(
+            list, SWAP)
+        register_all(cfg)
+        meta = MetadataCatalog.get("synth_openworld_val_all")
+        assert meta.known_classes == list(SWAP[0]) and meta.novel_classes == list(SWAP[1])
+        assert os.path.dirname(meta.json_file) != default_dir
+        train = DatasetCatalog.get("synth_openworld_train")
+        names = {c["name"]: c["id"] for c in _load(
+            MetadataCatalog.get("synth_openworld_train").json_file)["categories"]}
+        assert set(names) == set(SWAP[0])
+        assert sum(len(d["annotations"]) for d in train) > 0
+        cfg.DATASETS.SYNTHETIC.KNOWN_FAMILIES = ["ring", "blob"]
+        with pytest.raises(ValueError, match="DATASETS.SYNTHETIC: known_families: unknown "
+                                             "family 'blob'"):
+            register_all(cfg)
+    finally:
+        register_all()  # back to the default names for the other tests

@@ -3,6 +3,8 @@
 
     python tools/generate_synthetic.py                      # default: 1000 train + 200 val, 128 px
     python tools/generate_synthetic.py --num-train 200 --image-size 96 --seed 1 --workers 2
+    python tools/generate_synthetic.py --known-families ring cross hexagon crescent \
+        --novel-families ellipse rectangle triangle star        # a held-out family split
 
 Prints the cache folder, the generation time (0 when the set was already there), its size on
 disk, and counts: images, known ground truth (train), novel ground truth (val), proposals and
@@ -41,6 +43,10 @@ def main(argv=None) -> int:
     parser.add_argument("--num-val", type=int, default=200, help="validation images")
     parser.add_argument("--image-size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
+    parser.add_argument("--known-families", nargs="+", default=None, metavar="FAMILY",
+                        help="families annotated in training (default: the frozen split)")
+    parser.add_argument("--novel-families", nargs="+", default=None, metavar="FAMILY",
+                        help="families never annotated in training (default: the frozen split)")
     parser.add_argument("--root", default=None,
                         help="cache root (default: $DETECTRON2_DATASETS/synth_openworld)")
     parser.add_argument("--workers", type=int, default=0,
@@ -53,6 +59,10 @@ def main(argv=None) -> int:
     kwargs = dict(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                   seed=args.seed, root=args.root)
     try:
+        split = {k: tuple(v) for k, v in (("known_families", args.known_families),
+                                          ("novel_families", args.novel_families)) if v}
+        if split:
+            kwargs["params"] = syn.SyntheticOpenWorldParams(**split)
         files = syn.synthetic_openworld_files(**kwargs)
     except ValueError as e:
         parser.error(str(e))

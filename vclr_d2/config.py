@@ -262,6 +262,12 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 128
     # Seed of the synthetic generator.
     cfg.DATASETS.SYNTHETIC.SEED = 0
+    # Shape families annotated in training and never annotated (the known/novel split); empty =
+    # the frozen defaults (ellipse, rectangle, triangle, star / ring, cross, hexagon, crescent).
+    # Another split is a held-out variant of the set (docs/experiments.md): set
+    # TEST.OPENWORLD.KNOWN_CLASSES to the same known families.
+    cfg.DATASETS.SYNTHETIC.KNOWN_FAMILIES = []
+    cfg.DATASETS.SYNTHETIC.NOVEL_FAMILIES = []
     # Cache folder of the generated synthetic dataset (COCO format); empty = under
     # $DETECTRON2_DATASETS/synth_openworld.
     cfg.DATASETS.SYNTHETIC.ROOT = ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -37,12 +38,22 @@ SYNTHETIC_DATASETS = ("synth_openworld_train", "synth_openworld_val_novel",
 
 def register_synthetic_openworld(num_train: int = 1000, num_val: int = 200,
                                  image_size: int = 128, seed: int = 0,
-                                 root: str | None = None) -> None:
-    """(Re-)register the three synthetic names; generation happens when one is first loaded."""
-    from .synthetic import ensure_synthetic_openworld, synthetic_openworld_files
+                                 root: str | None = None,
+                                 known_families: Sequence[str] = (),
+                                 novel_families: Sequence[str] = ()) -> None:
+    """(Re-)register the three synthetic names; generation happens when one is first loaded.
+    ``known_families`` / ``novel_families``: the known/novel split (empty: the generator's
+    defaults); any other value is another set with its own cache folder."""
+    from .synthetic import (SyntheticOpenWorldParams, ensure_synthetic_openworld,
+                            synthetic_openworld_files)
 
+    split = {}
+    if known_families:
+        split["known_families"] = tuple(known_families)
+    if novel_families:
+        split["novel_families"] = tuple(novel_families)
     kwargs = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                  root=root or None)
+                  root=root or None, params=SyntheticOpenWorldParams(**split) if split else None)
     files = synthetic_openworld_files(**kwargs)
 
     def loader(split: str):
@@ -88,7 +99,11 @@ def register_all(cfg=None) -> None:
     register_official_openworld_datasets(d.OPENWORLD.ROOT or None, d.OPENWORLD.PROPOSAL_RULE,
                                          files)
     s = d.SYNTHETIC
-    register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None)
+    try:
+        register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None,
+                                     s.KNOWN_FAMILIES, s.NOVEL_FAMILIES)
+    except ValueError as e:
+        raise ValueError(f"DATASETS.SYNTHETIC: {e}") from None
     for entry in d.OPENWORLD.CUSTOM:
         if not (isinstance(entry, (list, tuple)) and len(entry) in (3, 4)
                 and all(isinstance(x, str) and x for x in entry)):
