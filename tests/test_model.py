@@ -507,3 +507,43 @@ def test_head_and_criterion_are_chosen_by_registry_name(model_cfg):
     model_cfg.MODEL.VCLR_LOSS.NAME = "NoSuchLoss"
     with pytest.raises(ValueError, match="MODEL.VCLR_LOSS.NAME='NoSuchLoss'"):
         build_model(model_cfg)
+
+
+def test_view_iters_show_the_student_the_natural_image_outside_the_window(model_cfg):
+    """MODEL.VCLR.VIEW_ITERS [2, 4]: at iterations 0-1 and 4+ the student's input is
+    image_natural (same losses as a model given the natural image as its view), at 2-3 the
+    view; a bad window is refused with the key named."""
+    from detectron2.utils.events import EventStorage
+
+    model_cfg.MODEL.VCLR.SIM_ON = False
+    model_cfg.MODEL.VCLR.VIEW_ITERS = [2, 4]
+    torch.manual_seed(0)
+    model = build_model(model_cfg).train()
+    image, masks = scene()
+    view = 255 - image  # a "view" unlike the natural image
+    x = dict(training_input(view, masks, natural=image), view="depth")
+    x_nat = training_input(image, masks)
+    x_view = training_input(view, masks)
+
+    def loss(inputs, it):
+        with EventStorage(start_iter=it):
+            return model([inputs])["loss_gt_giou"].item()
+
+    for it, expected in ((0, x_nat), (1, x_nat), (2, x_view), (3, x_view), (4, x_nat),
+                         (100, x_nat)):
+        assert loss(x, it) == loss(expected, it), it
+    assert loss(x_nat, 0) != loss(x_view, 0)  # the two inputs are told apart
+    with EventStorage(start_iter=5) as storage:
+        model([x])
+        assert storage.latest()["vclr/view_natural"][0] == 1.0
+        assert "vclr/view_depth" not in storage.latest()
+    with EventStorage(start_iter=2) as storage:
+        model([x])
+        assert storage.latest()["vclr/view_depth"][0] == 1.0
+    del x["image_natural"]
+    with EventStorage(start_iter=5), pytest.raises(ValueError, match="image_natural"):
+        model([x])
+    for bad in ([4, 2], [-1, 3], [2]):
+        model_cfg.MODEL.VCLR.VIEW_ITERS = bad
+        with pytest.raises(ValueError, match="MODEL.VCLR.VIEW_ITERS"):
+            build_model(model_cfg)

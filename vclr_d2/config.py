@@ -199,6 +199,10 @@ def _add_vclr_model_config(cfg: CN) -> None:
     cfg.MODEL.VCLR.PSEUDO_LABELS.TARGET_IOU = 0.5
     cfg.MODEL.VCLR.PSEUDO_LABELS.NMS_THRESH = 0.5
     cfg.MODEL.VCLR.PSEUDO_LABELS.START_ITER = 0
+    # [start, end]: the student sees its drawn view (INPUT.VIEWS) at training iterations
+    # start <= it < end (end < 0: to the end of training) and the natural image at the others
+    # (a view schedule, not in the paper; views are logged as "natural" then). [0, -1]: always.
+    cfg.MODEL.VCLR.VIEW_ITERS = [0, -1]
 
 
 def _add_input_config(cfg: CN) -> None:

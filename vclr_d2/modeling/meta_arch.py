@@ -86,6 +86,7 @@ class VCLR(nn.Module):
         proposal_min_score: float = 0.0,
         postprocessor: PostProcessor | None = None,
         pseudo_labeler: TeacherPseudoLabeler | None = None,
+        view_iters: tuple[int, int] = (0, -1),
     ):
         """
         Args:
@@ -104,8 +105,16 @@ class VCLR(nn.Module):
             postprocessor: turns head outputs into detections (default ``PostProcessor()``).
             pseudo_labeler: adds the teacher's confident detections to the targets (not in the
                 official v-CLR); None for none.
+            view_iters: ``(start, end)``: the student sees its drawn view (``image``) at
+                training iterations ``start <= it < end`` (``end < 0``: to the end), the
+                natural image (``image_natural``) at the others; (0, -1) always the view.
         """
         super().__init__()
+        view_iters = tuple(view_iters)
+        if (len(view_iters) != 2 or not all(isinstance(i, int) for i in view_iters)
+                or view_iters[0] < 0 or 0 <= view_iters[1] <= view_iters[0]):
+            raise ValueError(f"MODEL.VCLR.VIEW_ITERS={list(view_iters)}: must be [start, end] "
+                             "with 0 <= start < end, or end < 0 for no end")
         if not 0.0 <= ema_decay <= 1.0:
             raise ValueError(f"MODEL.VCLR.EMA_DECAY={ema_decay}: must be in [0, 1]")
         self.backbone = backbone
@@ -133,6 +142,7 @@ class VCLR(nn.Module):
         self.proposal_min_score = proposal_min_score
         self.postprocessor = postprocessor if postprocessor is not None else PostProcessor()
         self.pseudo_labeler = pseudo_labeler
+        self.view_iters = view_iters
         self.register_load_state_dict_pre_hook(self._teacher_from_student_if_absent)
 
     @classmethod
@@ -154,6 +164,7 @@ class VCLR(nn.Module):
             "proposal_min_score": v.PROPOSAL_MIN_SCORE,
             "postprocessor": PostProcessor(cfg),
             "pseudo_labeler": (TeacherPseudoLabeler(cfg) if v.PSEUDO_LABELS.ENABLED else None),
+            "view_iters": tuple(v.VIEW_ITERS),
         }
 
     @property
@@ -262,7 +273,9 @@ class VCLR(nn.Module):
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = self.preprocess(batched_inputs, "image", augment=True)
+        views_on = self._views_active(batched_inputs)
+        images = self.preprocess(batched_inputs, "image" if views_on else "image_natural",
+                                 augment=True)
         out_s = self.head(self.backbone(images.tensor))
         padded = tuple(images.tensor.shape[-2:])
         targets = self.prepare_targets(batched_inputs, padded)
@@ -288,17 +301,33 @@ class VCLR(nn.Module):
                 matches_t = self._match(out_t, targets, teacher_images.image_sizes)
             losses["loss_sim"] = self.criterion.sim_loss(
                 out_s, out_t, matches_s, matches_t, [len(t) for t in targets])
-        self._log(batched_inputs, targets, matches_s)
+        self._log(batched_inputs, targets, matches_s, views_on)
         return losses
+
+    @staticmethod
+    def _iteration() -> int:
+        try:
+            return get_event_storage().iter
+        except AssertionError:  # outside a trainer
+            return 0
+
+    def _views_active(self, batched_inputs: list[dict]) -> bool:
+        """Whether the student sees its drawn view now (``view_iters``); outside the window it
+        sees ``image_natural`` (the inputs must have it)."""
+        start, end = self.view_iters
+        it = self._iteration()
+        if start <= it and (end < 0 or it < end):
+            return True
+        if any("image_natural" not in x for x in batched_inputs):
+            raise ValueError(f"MODEL.VCLR.VIEW_ITERS={list(self.view_iters)}: at iteration {it} "
+                             "the student sees the natural image, but an input has no "
+                             "'image_natural' (use VCLRDatasetMapper)")
+        return False
 
     def _pseudo_labels_active(self) -> bool:
         if self.pseudo_labeler is None:
             return False
-        try:
-            iteration = get_event_storage().iter
-        except AssertionError:  # outside a trainer
-            iteration = 0
-        return self.pseudo_labeler.active(iteration)
+        return self.pseudo_labeler.active(self._iteration())
 
     @staticmethod
     def _put_scalar(name: str, value: float) -> None:
@@ -315,7 +344,7 @@ class VCLR(nn.Module):
             for i, t in enumerate(targets)
         ]
 
-    def _log(self, batched_inputs, targets, matches) -> None:
+    def _log(self, batched_inputs, targets, matches, views_on: bool = True) -> None:
         try:
             storage = get_event_storage()
         except AssertionError:
@@ -325,7 +354,7 @@ class VCLR(nn.Module):
         storage.put_scalar("vclr/num_proposals",
                            sum(int((~t.is_gt).sum()) for t in targets) / n)
         storage.put_scalar("vclr/num_pos", sum(len(p) for p, _ in matches) / n)
-        views = [x.get("view", "natural") for x in batched_inputs]
+        views = [x.get("view", "natural") if views_on else "natural" for x in batched_inputs]
         for name in sorted(set(views)):
             storage.put_scalar(f"vclr/view_{name}", views.count(name) / n)
         storage.put_scalar("vclr/view_fallbacks",
