@@ -348,7 +348,7 @@ def test_config_family_split_registers_another_set(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from vclr_d2.config import add_vclr_config
-    from vclr_d2.data.datasets.builtin import register_all
+    from vclr_d2.data.datasets import register_all, synthetic_kwargs
 
     cfg = get_cfg()
     add_vclr_config(cfg)
@@ -361,6 +361,10 @@ def test_config_family_split_registers_another_set(tmp_path):
         cfg.DATASETS.SYNTHETIC.KNOWN_FAMILIES, cfg.DATASETS.SYNTHETIC.NOVEL_FAMILIES = map(
             list, SWAP)
         register_all(cfg)
+        kwargs = synthetic_kwargs(cfg)
+        assert kwargs["params"].known_families == SWAP[0] and kwargs["seed"] == 0
+        assert synthetic_openworld_files(**kwargs).val_all_json == MetadataCatalog.get(
+            "synth_openworld_val_all").json_file
         meta = MetadataCatalog.get("synth_openworld_val_all")
         assert meta.known_classes == list(SWAP[0]) and meta.novel_classes == list(SWAP[1])
         assert os.path.dirname(meta.json_file) != default_dir

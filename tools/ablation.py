@@ -154,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     # the set once, here, before the runs start in parallel (cached under $DETECTRON2_DATASETS)
+    from vclr_d2.data.datasets.builtin import synthetic_kwargs
     from vclr_d2.data.datasets.synthetic import ensure_synthetic_openworld
     from vclr_d2.engine import get_vclr_cfg
 
-    syn = get_vclr_cfg(runs[0][0], list(args.opts)).DATASETS.SYNTHETIC
-    files = ensure_synthetic_openworld(syn.NUM_TRAIN, syn.NUM_VAL, syn.IMAGE_SIZE, syn.SEED,
-                                       root=syn.ROOT or None, workers=args.jobs)
+    files = ensure_synthetic_openworld(
+        **synthetic_kwargs(get_vclr_cfg(runs[0][0], list(args.opts))), workers=args.jobs)
     print(f"[ablation] synthetic set: {files.dir}", flush=True)
     print(f"[ablation] {len(runs)} runs, {args.jobs} at a time -> {args.output}", flush=True)
     results = run_rows(runs, args.opts, jobs=args.jobs, threads=args.threads, on_done=progress)

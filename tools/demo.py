@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(os.path.join(args.output, "log.txt"), name="detectron2", abbrev_name="d2")
     setup_logger(os.path.join(args.output, "log.txt"), name="vclr_d2")
 
+    from vclr_d2.data.datasets.builtin import synthetic_kwargs
     from vclr_d2.data.datasets.synthetic import ensure_synthetic_openworld
     from vclr_d2.engine.experiments import TEST_SET, experiment_cfg, machine, run_rows
 
@@ -154,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     s = first.DATASETS.SYNTHETIC
     print(f"[demo 1/4] synthetic open-world set ({s.NUM_TRAIN} train + {s.NUM_VAL} val "
           f"images, {s.IMAGE_SIZE} px, seed {s.SEED})", flush=True)
-    files = ensure_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED,
-                                       root=s.ROOT or None, workers=args.jobs, progress=True)
+    files = ensure_synthetic_openworld(**synthetic_kwargs(first), workers=args.jobs,
+                                       progress=True)
     print(f"    {files.dir}", flush=True)
 
     runs = [(config_file(name), seed, os.path.join(args.output, f"{name}_seed{seed}"))

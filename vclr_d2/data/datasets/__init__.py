@@ -1,6 +1,11 @@
 """Dataset registration: official open-world names and the synthetic open-world set."""
 
-from .builtin import SYNTHETIC_DATASETS, register_all, register_synthetic_openworld
+from .builtin import (
+    SYNTHETIC_DATASETS,
+    register_all,
+    register_synthetic_openworld,
+    synthetic_kwargs,
+)
 from .openworld import (
     OFFICIAL_OPENWORLD_DATASETS,
     load_openworld_json,
@@ -22,6 +27,7 @@ __all__ = [
     "register_openworld_dataset",
     "register_proposal_variant",
     "register_synthetic_openworld",
+    "synthetic_kwargs",
 ]
 
 register_all()

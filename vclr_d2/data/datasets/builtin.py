@@ -30,7 +30,8 @@ from .openworld import (
     register_proposal_variant,
 )
 
-__all__ = ["SYNTHETIC_DATASETS", "register_all", "register_synthetic_openworld"]
+__all__ = ["SYNTHETIC_DATASETS", "register_all", "register_synthetic_openworld",
+           "synthetic_kwargs"]
 
 SYNTHETIC_DATASETS = ("synth_openworld_train", "synth_openworld_val_novel",
                       "synth_openworld_val_all")
@@ -44,16 +45,10 @@ def register_synthetic_openworld(num_train: int = 1000, num_val: int = 200,
     """(Re-)register the three synthetic names; generation happens when one is first loaded.
     ``known_families`` / ``novel_families``: the known/novel split (empty: the generator's
     defaults); any other value is another set with its own cache folder."""
-    from .synthetic import (SyntheticOpenWorldParams, ensure_synthetic_openworld,
-                            synthetic_openworld_files)
+    from .synthetic import ensure_synthetic_openworld, synthetic_openworld_files
 
-    split = {}
-    if known_families:
-        split["known_families"] = tuple(known_families)
-    if novel_families:
-        split["novel_families"] = tuple(novel_families)
-    kwargs = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                  root=root or None, params=SyntheticOpenWorldParams(**split) if split else None)
+    kwargs = _synthetic_kwargs(num_train, num_val, image_size, seed, root, known_families,
+                               novel_families)
     files = synthetic_openworld_files(**kwargs)
 
     def loader(split: str):
@@ -82,6 +77,34 @@ def register_synthetic_openworld(num_train: int = 1000, num_val: int = 200,
                 synthetic_params=kwargs)
 
 
+def _synthetic_kwargs(num_train, num_val, image_size, seed, root, known_families,
+                      novel_families) -> dict:
+    from .synthetic import SyntheticOpenWorldParams
+
+    split = {}
+    if known_families:
+        split["known_families"] = tuple(known_families)
+    if novel_families:
+        split["novel_families"] = tuple(novel_families)
+    return dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                root=root or None, params=SyntheticOpenWorldParams(**split) if split else None)
+
+
+def synthetic_kwargs(cfg) -> dict:
+    """The synthetic set a config names (``DATASETS.SYNTHETIC``), as keyword arguments of
+    ``ensure_synthetic_openworld`` / ``synthetic_openworld_files``.
+
+    Raises:
+        ValueError: a bad value, with ``DATASETS.SYNTHETIC`` in the message.
+    """
+    s = cfg.DATASETS.SYNTHETIC
+    try:
+        return _synthetic_kwargs(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None,
+                                 s.KNOWN_FAMILIES, s.NOVEL_FAMILIES)
+    except ValueError as e:
+        raise ValueError(f"DATASETS.SYNTHETIC: {e}") from None
+
+
 def register_all(cfg=None) -> None:
     """Register every built-in name, from ``cfg`` when given (else the defaults)."""
     if cfg is None:
@@ -99,11 +122,9 @@ def register_all(cfg=None) -> None:
     register_official_openworld_datasets(d.OPENWORLD.ROOT or None, d.OPENWORLD.PROPOSAL_RULE,
                                          files)
     s = d.SYNTHETIC
-    try:
-        register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None,
-                                     s.KNOWN_FAMILIES, s.NOVEL_FAMILIES)
-    except ValueError as e:
-        raise ValueError(f"DATASETS.SYNTHETIC: {e}") from None
+    synthetic_kwargs(cfg)  # a bad value is named with its key
+    register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None,
+                                 s.KNOWN_FAMILIES, s.NOVEL_FAMILIES)
     for entry in d.OPENWORLD.CUSTOM:
         if not (isinstance(entry, (list, tuple)) and len(entry) in (3, 4)
                 and all(isinstance(x, str) and x for x in entry)):
