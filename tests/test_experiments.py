@@ -112,7 +112,8 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
                                    "--output", str(tmp_path / "runs"), "--report", str(report),
                                    *opts]) == 0
     text = report.read_text()
-    assert "python tools/ablation.py --rows b a --seeds 0 --jobs 1 --report" in text
+    assert (f"python tools/ablation.py --rows b a --seeds 0 --jobs 1 --output "
+            f"{tmp_path / 'runs'} --report") in text  # a non-default output is in the command
     rows = [line for line in text.splitlines() if line.startswith("| (")]
     assert rows[0].startswith("| (a) known-class ground truth") and rows[1].startswith("| (b)")
     data = json.loads(report.with_suffix(".json").read_text())

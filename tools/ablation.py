@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", default=["a", "b", "c", "d", "e", "m"],
                         help="rows to run (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--output", default=str(ROOT / "output" / "ablation"),
+    default_output = str(ROOT / "output" / "ablation")
+    parser.add_argument("--output", default=default_output,
                         help="runs go to <output>/<row>_seed<seed>/ (default output/ablation)")
     parser.add_argument("--report", default=None,
                         help="markdown report path, JSON beside it (default <output>/ablation.md)")
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python tools/ablation.py " + shlex.join(
         ["--rows", *args.rows, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs)]
         + (["--threads", str(args.threads)] if args.threads else [])
+        + (["--output", args.output] if args.output != default_output else [])
         + (["--report", args.report] if args.report else []) + args.opts)
     runs = [(str(ROOT / "configs" / ROWS[r].config), s, os.path.join(args.output, f"{r}_seed{s}"))
             for s in args.seeds for r in args.rows]
