@@ -59,10 +59,8 @@ def main(argv=None) -> int:
     kwargs = dict(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                   seed=args.seed, root=args.root)
     try:
-        split = {k: tuple(v) for k, v in (("known_families", args.known_families),
-                                          ("novel_families", args.novel_families)) if v}
-        if split:
-            kwargs["params"] = syn.SyntheticOpenWorldParams(**split)
+        kwargs["params"] = syn.family_split_params(args.known_families or (),
+                                                   args.novel_families or ())
         files = syn.synthetic_openworld_files(**kwargs)
     except ValueError as e:
         parser.error(str(e))

@@ -45,10 +45,17 @@ def register_synthetic_openworld(num_train: int = 1000, num_val: int = 200,
     """(Re-)register the three synthetic names; generation happens when one is first loaded.
     ``known_families`` / ``novel_families``: the known/novel split (empty: the generator's
     defaults); any other value is another set with its own cache folder."""
+    from .synthetic import family_split_params
+
+    _register_synthetic(dict(num_train=num_train, num_val=num_val, image_size=image_size,
+                             seed=seed, root=root or None,
+                             params=family_split_params(known_families, novel_families)))
+
+
+def _register_synthetic(kwargs: dict) -> None:
+    """Register the three synthetic names for the set of ``ensure_synthetic_openworld(**kwargs)``."""
     from .synthetic import ensure_synthetic_openworld, synthetic_openworld_files
 
-    kwargs = _synthetic_kwargs(num_train, num_val, image_size, seed, root, known_families,
-                               novel_families)
     files = synthetic_openworld_files(**kwargs)
 
     def loader(split: str):
@@ -77,19 +84,6 @@ def register_synthetic_openworld(num_train: int = 1000, num_val: int = 200,
                 synthetic_params=kwargs)
 
 
-def _synthetic_kwargs(num_train, num_val, image_size, seed, root, known_families,
-                      novel_families) -> dict:
-    from .synthetic import SyntheticOpenWorldParams
-
-    split = {}
-    if known_families:
-        split["known_families"] = tuple(known_families)
-    if novel_families:
-        split["novel_families"] = tuple(novel_families)
-    return dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                root=root or None, params=SyntheticOpenWorldParams(**split) if split else None)
-
-
 def synthetic_kwargs(cfg) -> dict:
     """The synthetic set a config names (``DATASETS.SYNTHETIC``), as keyword arguments of
     ``ensure_synthetic_openworld`` / ``synthetic_openworld_files``.
@@ -97,10 +91,13 @@ def synthetic_kwargs(cfg) -> dict:
     Raises:
         ValueError: a bad value, with ``DATASETS.SYNTHETIC`` in the message.
     """
+    from .synthetic import family_split_params
+
     s = cfg.DATASETS.SYNTHETIC
     try:
-        return _synthetic_kwargs(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None,
-                                 s.KNOWN_FAMILIES, s.NOVEL_FAMILIES)
+        return dict(num_train=s.NUM_TRAIN, num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
+                    seed=s.SEED, root=s.ROOT or None,
+                    params=family_split_params(s.KNOWN_FAMILIES, s.NOVEL_FAMILIES))
     except ValueError as e:
         raise ValueError(f"DATASETS.SYNTHETIC: {e}") from None
 
@@ -121,10 +118,7 @@ def register_all(cfg=None) -> None:
         files[name] = path
     register_official_openworld_datasets(d.OPENWORLD.ROOT or None, d.OPENWORLD.PROPOSAL_RULE,
                                          files)
-    s = d.SYNTHETIC
-    synthetic_kwargs(cfg)  # a bad value is named with its key
-    register_synthetic_openworld(s.NUM_TRAIN, s.NUM_VAL, s.IMAGE_SIZE, s.SEED, s.ROOT or None,
-                                 s.KNOWN_FAMILIES, s.NOVEL_FAMILIES)
+    _register_synthetic(synthetic_kwargs(cfg))
     for entry in d.OPENWORLD.CUSTOM:
         if not (isinstance(entry, (list, tuple)) and len(entry) in (3, 4)
                 and all(isinstance(x, str) and x for x in entry)):

@@ -20,6 +20,7 @@ from .parameters import (
     SyntheticOpenWorldFiles,
     SyntheticOpenWorldParams,
     default_synthetic_root,
+    family_split_params,
     synthetic_openworld_files,
 )
 from .proposals import simulate_proposals
@@ -35,6 +36,7 @@ __all__ = [
     "SyntheticOpenWorldParams",
     "SyntheticOpenWorldFiles",
     "default_synthetic_root",
+    "family_split_params",
     "synthetic_openworld_files",
     "ensure_synthetic_openworld",
     "generate_scene",

@@ -218,6 +218,15 @@ class SyntheticOpenWorldFiles:
         return os.path.isfile(self.params_json)
 
 
+def family_split_params(known_families=(), novel_families=()
+                        ) -> SyntheticOpenWorldParams | None:
+    """Parameters with another known/novel family split (an empty side keeps its default);
+    None when both are empty (the frozen defaults)."""
+    split = {k: tuple(v) for k, v in (("known_families", known_families),
+                                      ("novel_families", novel_families)) if v}
+    return SyntheticOpenWorldParams(**split) if split else None
+
+
 def default_synthetic_root() -> str:
     """``$DETECTRON2_DATASETS`` (default ``datasets``) + ``/synth_openworld``."""
     return os.path.join(datasets_root(), "synth_openworld")
