@@ -149,6 +149,53 @@ def test_crop_and_flip_keep_boxes_and_masks_on_the_objects(data_cfg, mixed):
     assert checked >= 20
 
 
+def test_scale_jitter_crops_every_image_to_the_size_and_keeps_the_targets_on_the_objects(
+        data_cfg, mixed):
+    """INPUT.SCALE_JITTER: ResizeScale + FixedSizeCrop; no training image exceeds SIZE x SIZE
+    (so a batch is never padded beyond it), smaller ones stay unpadded, the view gets the same
+    geometry, boxes are the tight boxes of the cropped masks; testing is unaffected."""
+    data_cfg.INPUT.RANDOM_FLIP = "horizontal"
+    data_cfg.INPUT.CROP.ENABLED = True  # ignored under scale jitter
+    data_cfg.INPUT.SCALE_JITTER.ENABLED = True
+    data_cfg.INPUT.SCALE_JITTER.SIZE = 40
+    data_cfg.INPUT.SCALE_JITTER.MIN_SCALE = 0.5
+    data_cfg.INPUT.SCALE_JITTER.MAX_SCALE = 2.0
+    mapper = VCLRDatasetMapper(data_cfg, is_train=True)
+    d = _dicts(mixed)[0]
+    np.random.seed(2)
+    shapes, boxes = set(), 0
+    for _ in range(30):
+        out = mapper(d)
+        nat, view = out["image_natural"], out["image"]
+        assert torch.equal(view, nat.flip(0))
+        shapes.add(tuple(nat.shape[1:]))
+        for box, mask in zip(out["instances"].gt_boxes.tensor, out["instances"].gt_masks.tensor):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            tight = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+            assert torch.equal(box, tight)
+            boxes += 1
+    assert max(h for h, _ in shapes) == 40 and max(w for _, w in shapes) == 40
+    assert (40, 40) in shapes and min(h for h, _ in shapes) < 40  # scale 0.5 of 48x64 -> 15x20
+    assert all(h <= 40 and w <= 40 for h, w in shapes) and boxes >= 30
+    data_cfg.INPUT.MIN_SIZE_TEST = 2 * H
+    data_cfg.INPUT.MAX_SIZE_TEST = 1000
+    test_out = VCLRDatasetMapper(data_cfg, is_train=False)(d)
+    assert tuple(test_out["image"].shape[1:]) == (2 * H, 128)  # the shortest-edge resize
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("SIZE", 0, "INPUT.SCALE_JITTER.SIZE must be > 0, got 0"),
+    ("MIN_SCALE", 3.0, "0 < MIN_SCALE <= MAX_SCALE, got 3.0 and 2.0"),
+])
+def test_scale_jitter_rejects_bad_values_naming_the_key(data_cfg, key, value, message):
+    data_cfg.INPUT.SCALE_JITTER.ENABLED = True
+    data_cfg.INPUT.SCALE_JITTER.MAX_SCALE = 2.0
+    data_cfg.INPUT.SCALE_JITTER[key] = value
+    with pytest.raises(ValueError) as e:
+        VCLRDatasetMapper(data_cfg, is_train=True)
+    assert message in str(e.value)
+
+
 def test_view_frequencies_follow_the_configured_probabilities(data_cfg, mixed):
     data_cfg.INPUT.VIEWS.NAMES = ["natural", "rev", "inv"]
     data_cfg.INPUT.VIEWS.PROBS = [0.5, 0.3, 0.2]

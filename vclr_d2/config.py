@@ -229,6 +229,18 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.VIEWS.FALLBACK_TO_NATURAL = False
     # Probability of a random crop before resizing (SPEC: 0.5, size 384-600).
     cfg.INPUT.CROP.PROB = 0.5
+    # Scale jitter with a fixed-size crop (detectron2's ResizeScale + FixedSizeCrop, the "large
+    # scale jitter" of its newer baselines) instead of INPUT.CROP + ResizeShortestEdge in
+    # training: the image is resized to fit SIZE x SIZE times a scale drawn uniformly from
+    # [MIN_SCALE, MAX_SCALE] (aspect kept), then a random crop of at most SIZE x SIZE is taken.
+    # Every training image is then at most SIZE x SIZE, so a batch is never padded beyond it
+    # (with crops of random aspect + a shortest-edge resize, the padded batch holds ~1.8x the
+    # pixels of its images). Testing keeps INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST.
+    cfg.INPUT.SCALE_JITTER = CN()
+    cfg.INPUT.SCALE_JITTER.ENABLED = False
+    cfg.INPUT.SCALE_JITTER.SIZE = 1024
+    cfg.INPUT.SCALE_JITTER.MIN_SCALE = 0.1
+    cfg.INPUT.SCALE_JITTER.MAX_SCALE = 2.0
     # Load proposals (pseudo instances) for L_obj from the dataset dicts.
     # Not detectron2's MODEL.LOAD_PROPOSALS on purpose: that one makes detectron2's loaders read
     # precomputed RPN boxes (DATASETS.PROPOSAL_FILES_TRAIN, pickles of boxes + objectness

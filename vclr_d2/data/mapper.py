@@ -51,7 +51,11 @@ logger = logging.getLogger(__name__)
 
 def build_geometric_augmentation(cfg, is_train: bool) -> list[T.Augmentation]:
     """Resize + flip from detectron2's config keys, with a crop of probability
-    ``INPUT.CROP.PROB`` first when ``INPUT.CROP.ENABLED`` (training only)."""
+    ``INPUT.CROP.PROB`` first when ``INPUT.CROP.ENABLED`` (training only). With
+    ``INPUT.SCALE_JITTER.ENABLED``, training uses scale jitter + a fixed-size crop + flip instead
+    (``INPUT.CROP`` and ``MIN/MAX_SIZE_TRAIN`` are then not used)."""
+    if is_train and cfg.INPUT.SCALE_JITTER.ENABLED:
+        return _scale_jitter(cfg)
     augs = utils.build_augmentation(cfg, is_train)
     if is_train and cfg.INPUT.CROP.ENABLED:
         prob = float(cfg.INPUT.CROP.PROB)
@@ -60,6 +64,24 @@ def build_geometric_augmentation(cfg, is_train: bool) -> list[T.Augmentation]:
         crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
         if prob > 0:
             augs.insert(0, crop if prob == 1.0 else T.RandomApply(crop, prob=prob))
+    return augs
+
+
+def _scale_jitter(cfg) -> list[T.Augmentation]:
+    sj = cfg.INPUT.SCALE_JITTER
+    size, lo, hi = int(sj.SIZE), float(sj.MIN_SCALE), float(sj.MAX_SCALE)
+    if size <= 0:
+        raise ValueError(f"INPUT.SCALE_JITTER.SIZE must be > 0, got {sj.SIZE}")
+    if not 0 < lo <= hi:
+        raise ValueError("INPUT.SCALE_JITTER.MIN_SCALE and MAX_SCALE must satisfy "
+                         f"0 < MIN_SCALE <= MAX_SCALE, got {sj.MIN_SCALE} and {sj.MAX_SCALE}")
+    augs: list[T.Augmentation] = [
+        T.ResizeScale(min_scale=lo, max_scale=hi, target_height=size, target_width=size),
+        T.FixedSizeCrop(crop_size=(size, size), pad=False),
+    ]
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
     return augs
 
 
@@ -158,7 +180,8 @@ class VCLRDatasetMapper:
                 raise ValueError(f"INPUT.VIEWS.{key} has {len(v[key])} entries for {n} views "
                                  f"{list(v.NAMES)}")
         views = [ViewSpec(name, folder, ext) for name, folder, ext in zip(v.NAMES, v.DIRS, v.EXTS)]
-        crop_masks = cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.PROB > 0
+        crop_masks = ((cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.PROB > 0)
+                      or (is_train and cfg.INPUT.SCALE_JITTER.ENABLED))
         return {
             "is_train": is_train,
             "augmentations": build_geometric_augmentation(cfg, is_train),
