@@ -586,3 +586,15 @@ def test_embedding_similarity_stats_rejects_bad_input():
         stats([torch.eye(3)], [torch.zeros(2)], pairs=10, top=2)
     with pytest.raises(ValueError, match="at least 2 locations"):
         stats([torch.eye(1)], [torch.zeros(1)], pairs=10, top=2)
+
+
+def test_benchmark_padding_ratio_counts_the_padded_batch_pixels():
+    ratio = _tool("benchmark").padding_ratio
+    img = lambda h, w: {"image": torch.zeros(3, h, w, dtype=torch.uint8)}  # noqa: E731
+    # a portrait and a landscape image pad each other to 64 x 64: twice their pixels
+    assert ratio([[img(64, 32), img(32, 64)]]) == 2.0
+    # 100 x 100 pads to 128 x 128 at divisibility 32, not at 4
+    assert ratio([[img(100, 100)]]) == 128 * 128 / 100 ** 2
+    assert ratio([[img(100, 100)]], size_divisibility=4) == 1.0
+    # over batches: (2 * 64 * 64 + 64 * 64) / (2 * 32 * 64 + 64 * 64)
+    assert ratio([[img(64, 32), img(32, 64)], [img(64, 64)]]) == 1.5

@@ -2,6 +2,7 @@
 """Speed and memory benchmarks of vclr_d2 (results go to docs/benchmarks.md with the command).
 
     python tools/benchmark.py train-step [--size 256 --batch 2 --model convnext_atto] [--amp]
+        [--data loader]
         training step time (forward, backward, optimizer step, EMA update) of v-CLR against the
         baseline switches (no teacher / L_sim; no student augmentations), as a ratio, with the
         peak memory of each variant; --amp: under autocast, as SOLVER.AMP.ENABLED
@@ -10,7 +11,10 @@
         detectron2's RetinaNet R50-FPN on the same inputs, with peak memory
     python tools/benchmark.py loader [--config configs/synthetic/vclr.yaml --workers 0 2]
         images/second of the v-CLR training loader (VCLRDatasetMapper: natural image + one
-        view, geometry, ground truth, proposals) on the config's training set, per worker count
+        view, geometry, ground truth, proposals) on the config's training set, per worker count,
+        and the pixels of the padded batches the model receives per pixel of their images
+
+``--opts KEY VALUE ...`` overrides the config (e.g. ``--opts INPUT.SCALE_JITTER.ENABLED True``).
 
 Each variant runs in a fresh subprocess so its peak memory is its own (peak resident memory on
 the CPU, ``torch.cuda.max_memory_allocated`` on a GPU). Models are randomly initialised:
@@ -95,15 +99,24 @@ def run_train_step(args) -> dict:
 
     torch.manual_seed(0)
     amp = ["SOLVER.AMP.ENABLED", "True"] if args.amp else []
-    cfg = _cfg(args.model, args.device, TRAIN_VARIANTS[args.variant] + amp, args.config)
+    cfg = _cfg(args.model, args.device, TRAIN_VARIANTS[args.variant] + amp + list(args.opts),
+               args.config)
     model = build_model(cfg).train()
     opt = build_optimizer(cfg, model)
     dtype = amp_dtype_from_config(cfg)
     device_type = torch.device(args.device).type
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
-    batch = _batch(args.batch, args.size, args.objects, args.device, with_targets=True)
+    if args.data == "loader":  # the config's training batches, loading not timed
+        from vclr_d2.engine import VCLRTrainer
+
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS, cfg.SOLVER.IMS_PER_BATCH = 0, args.batch
+        loader = iter(VCLRTrainer.build_train_loader(cfg))
+    else:
+        fixed = _batch(args.batch, args.size, args.objects, args.device, with_targets=True)
     times = []
     for i in range(args.warmup + args.iters):
+        batch = next(loader) if args.data == "loader" else fixed
         _sync(args.device)
         t0 = time.perf_counter()
         with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
@@ -134,7 +147,7 @@ def run_inference(args) -> dict:
         cfg.TEST.DETECTIONS_PER_IMAGE = 300
         cfg.MODEL.WEIGHTS = ""
     else:
-        cfg = _cfg(args.variant, args.device, ["MODEL.WEIGHTS", ""], args.config)
+        cfg = _cfg(args.variant, args.device, ["MODEL.WEIGHTS", "", *args.opts], args.config)
     model = build_model(cfg).eval()
     batch = _batch(args.batch, args.size, 0, args.device, with_targets=False)
     times = []
@@ -150,28 +163,46 @@ def run_inference(args) -> dict:
             "peak_mb": _peak_mb(args.device)}
 
 
+def padding_ratio(batches, size_divisibility: int = 32) -> float:
+    """Pixels of the padded batch tensors (``ImageList.from_tensors``, as the model builds them
+    for a backbone of this size divisibility) per pixel of the images in them."""
+    from detectron2.structures import ImageList
+
+    padded = content = 0
+    for batch in batches:
+        images = [x["image"] for x in batch]
+        h, w = ImageList.from_tensors(images, size_divisibility).tensor.shape[-2:]
+        padded += h * w * len(images)
+        content += sum(x.shape[-2] * x.shape[-1] for x in images)
+    return padded / content
+
+
 def run_loader(args) -> dict:
-    """Images/second of ``VCLRTrainer.build_train_loader`` with ``args.variant`` workers."""
+    """Images/second of ``VCLRTrainer.build_train_loader`` with ``args.variant`` workers, and
+    the padding ratio of its batches (size divisibility 32, the ConvNeXt and FPN backbones')."""
     import itertools
 
     from vclr_d2.engine import VCLRTrainer
 
     cfg = _cfg(args.model, args.device, ["DATALOADER.NUM_WORKERS", args.variant,
-                                         "SOLVER.IMS_PER_BATCH", str(args.batch)], args.config)
+                                         "SOLVER.IMS_PER_BATCH", str(args.batch), *args.opts],
+               args.config)
     loader = iter(VCLRTrainer.build_train_loader(cfg))
     for _ in range(args.warmup):
         next(loader)
     t0 = time.perf_counter()
-    n = sum(len(b) for b in itertools.islice(loader, args.iters))
-    return {"images_per_s": n / (time.perf_counter() - t0), "peak_mb": _peak_mb("cpu")}
+    batches = list(itertools.islice(loader, args.iters))
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": sum(len(b) for b in batches) / seconds, "peak_mb": _peak_mb("cpu"),
+            "padding": padding_ratio(batches)}
 
 
 def _spawn(mode: str, variant: str, args) -> dict:
     cmd = [sys.executable, __file__, mode, "--single", variant, "--size", str(args.size),
            "--batch", str(args.batch), "--iters", str(args.iters), "--warmup",
            str(args.warmup), "--device", args.device, "--model", args.model,
-           "--objects", str(args.objects), "--config", args.config] + (
-               ["--amp"] if args.amp else [])
+           "--objects", str(args.objects), "--config", args.config, "--data", args.data] + (
+               ["--amp"] if args.amp else []) + (["--opts", *args.opts] if args.opts else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -194,9 +225,15 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true",
                         help="train-step under autocast (float16 + grad scaler on CUDA, bfloat16 "
                              "on the CPU), as SOLVER.AMP.ENABLED")
+    parser.add_argument("--data", choices=["random", "loader"], default="random",
+                        help="train-step inputs: random images of --size with --objects objects, "
+                             "or the config's training loader (its sizes, augmentations and "
+                             "padding; loading not timed)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="data-loader worker counts (loader)")
     parser.add_argument("--single", help=argparse.SUPPRESS)
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides, for every variant")
     args = parser.parse_args()
     train = args.mode == "train-step"
     args.size = args.size or (256 if train else 512)
@@ -209,7 +246,8 @@ def main() -> None:
 
     import torch
 
-    size = "config sizes" if args.mode == "loader" else f"{args.size}x{args.size}"
+    size = ("config sizes" if args.mode == "loader" or args.data == "loader"
+            else f"{args.size}x{args.size}")
     print(f"# {args.mode}: {size}, batch {args.batch}, device {args.device}, "
           f"{'AMP, ' if args.amp else ''}"
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of "
@@ -217,19 +255,22 @@ def main() -> None:
     if train:
         rows = {v: _spawn(args.mode, v, args) for v in TRAIN_VARIANTS}
         ref = rows["vclr"]["ms_per_step"]
-        print(f"model {args.model}, config {args.config}")
+        print(f"model {args.model}, config {args.config} {' '.join(args.opts)}, inputs: "
+              + ("the config's training loader" if args.data == "loader" else "random"))
         print("| variant | ms / step | v-CLR / variant | peak memory (MiB) |")
         print("| --- | ---: | ---: | ---: |")
         for v, r in rows.items():
             print(f"| {v} | {r['ms_per_step']:.0f} | {ref / r['ms_per_step']:.2f} | "
                   f"{r['peak_mb']:.0f} |")
     elif args.mode == "loader":
-        print(f"config {args.config}, batch {args.batch}, {args.iters} batches timed")
-        print("| workers | images / s | peak memory of the main process (MiB) |")
-        print("| ---: | ---: | ---: |")
+        print(f"config {args.config} {' '.join(args.opts)}, batch {args.batch}, {args.iters} "
+              "batches timed")
+        print("| workers | images / s | peak memory of the main process (MiB) | batch pixels / "
+              "image pixels |")
+        print("| ---: | ---: | ---: | ---: |")
         for w in args.workers:
             r = _spawn(args.mode, str(w), args)
-            print(f"| {w} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} |")
+            print(f"| {w} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} | {r['padding']:.2f} |")
     else:
         rows = {v: _spawn(args.mode, v, args) for v in INFERENCE_VARIANTS}
         ref = rows["retinanet_R_50_FPN"]["images_per_s"]
