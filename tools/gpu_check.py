@@ -52,7 +52,8 @@ def train_steps(bench, s: SimpleNamespace) -> list[dict]:
             _reset_peak(s.device)
             r = bench.run_train_step(SimpleNamespace(
                 model=s.model, device=s.device, variant=variant, config="configs/Base-VCLR.yaml",
-                batch=s.batch, size=s.size, objects=5, warmup=s.warmup, iters=s.iters, amp=amp))
+                batch=s.batch, size=s.size, objects=5, warmup=s.warmup, iters=s.iters, amp=amp,
+                data="random", opts=[]))
             rows.append({"variant": variant, "amp": amp, **r})
             print(f"train-step {variant}, AMP {amp}: {r['ms_per_step']:.1f} ms, "
                   f"{r['peak_mb']:.0f} MiB", flush=True)
@@ -65,7 +66,7 @@ def inference(bench, s: SimpleNamespace) -> list[dict]:
         _reset_peak(s.device)
         r = bench.run_inference(SimpleNamespace(
             variant=variant, device=s.device, config="configs/Base-VCLR.yaml", batch=1,
-            size=s.size, warmup=s.warmup, iters=s.iters))
+            size=s.size, warmup=s.warmup, iters=s.iters, opts=[]))
         rows.append({"model": variant, **r})
         print(f"inference {variant}: {r['images_per_s']:.2f} images/s, {r['peak_mb']:.0f} MiB",
               flush=True)
