@@ -99,8 +99,11 @@ def run_train_step(args) -> dict:
 
     torch.manual_seed(0)
     amp = ["SOLVER.AMP.ENABLED", "True"] if args.amp else []
-    cfg = _cfg(args.model, args.device, TRAIN_VARIANTS[args.variant] + amp + list(args.opts),
-               args.config)
+    # with the config's training batches: no loader workers, --batch images per step
+    data = (["DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", str(args.batch)]
+            if args.data == "loader" else [])
+    cfg = _cfg(args.model, args.device,
+               TRAIN_VARIANTS[args.variant] + amp + data + list(args.opts), args.config)
     model = build_model(cfg).train()
     opt = build_optimizer(cfg, model)
     dtype = amp_dtype_from_config(cfg)
@@ -109,8 +112,6 @@ def run_train_step(args) -> dict:
     if args.data == "loader":  # the config's training batches, loading not timed
         from vclr_d2.engine import VCLRTrainer
 
-        cfg.defrost()
-        cfg.DATALOADER.NUM_WORKERS, cfg.SOLVER.IMS_PER_BATCH = 0, args.batch
         loader = iter(VCLRTrainer.build_train_loader(cfg))
     else:
         fixed = _batch(args.batch, args.size, args.objects, args.device, with_targets=True)

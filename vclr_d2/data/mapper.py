@@ -75,14 +75,9 @@ def _scale_jitter(cfg) -> list[T.Augmentation]:
     if not 0 < lo <= hi:
         raise ValueError("INPUT.SCALE_JITTER.MIN_SCALE and MAX_SCALE must satisfy "
                          f"0 < MIN_SCALE <= MAX_SCALE, got {sj.MIN_SCALE} and {sj.MAX_SCALE}")
-    augs: list[T.Augmentation] = [
-        T.ResizeScale(min_scale=lo, max_scale=hi, target_height=size, target_width=size),
-        T.FixedSizeCrop(crop_size=(size, size), pad=False),
-    ]
-    if cfg.INPUT.RANDOM_FLIP != "none":
-        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
-    return augs
+    flips = [a for a in utils.build_augmentation(cfg, True) if isinstance(a, T.RandomFlip)]
+    return [T.ResizeScale(min_scale=lo, max_scale=hi, target_height=size, target_width=size),
+            T.FixedSizeCrop(crop_size=(size, size), pad=False), *flips]
 
 
 def _check_views(views: list[ViewSpec], probs: list[float]) -> np.ndarray:
