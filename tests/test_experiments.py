@@ -45,6 +45,12 @@ def test_one_seed_gives_identical_numbers_twice(tmp_path, opts):
     # ... unless it is the record of another run, or not a record
     with pytest.raises(ValueError, match="record of another run"):
         run_row(config, 6, str(tmp_path / "first"), opts)
+    # ... or trained with another config than the file gives now (edited since): keys named
+    saved = tmp_path / "first" / "config.yaml"
+    saved.write_text(saved.read_text().replace("MAX_ITER: 3", "MAX_ITER: 700"))
+    changed = r"another config .*\(key: then -> now\): SOLVER.MAX_ITER: 700 -> 3; delete"
+    with pytest.raises(ValueError, match=changed):
+        run_row(config, 5, str(tmp_path / "first"), opts)
     (tmp_path / "other" / "run.json").write_text("{")
     with pytest.raises(ValueError, match="other/run.json: not a run record"):
         run_row(config, 6, str(tmp_path / "other"), opts)

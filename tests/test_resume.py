@@ -77,10 +77,11 @@ def test_stream_does_not_depend_on_workers_processes_or_start_iteration():
     assert sorted(seen) == list(range(7))
 
 
-# Random geometry (three sizes, crop p=0.5), three views, every student augmentation, drop
-# path and subsampled mask targets: every source of randomness in the training step.
+# Random geometry (the recipe's scale jitter, crop and flip), three views, every student
+# augmentation, drop path and subsampled mask targets: every source of randomness in the training
+# step.
 RANDOM_OPTS = [
-    "INPUT.MIN_SIZE_TRAIN", "(48, 64, 80)", "MODEL.CONVNEXT.DROP_PATH_RATE", "0.2",
+    "MODEL.CONVNEXT.DROP_PATH_RATE", "0.2",
     "MODEL.VCLR_HEAD.MAX_MASKS_PER_IMAGE", "1", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)",
     "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "3", "DATASETS.TEST", "()",
 ]

@@ -14,7 +14,8 @@ CONFIG = str(ROOT / "configs" / "synthetic" / "vclr.yaml")
 # configs/synthetic/vclr.yaml shrunk: 8 training images of 64 px, a small head, no evaluation.
 TINY = [
     "DATASETS.SYNTHETIC.NUM_TRAIN", "8", "DATASETS.SYNTHETIC.NUM_VAL", "4",
-    "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "INPUT.SCALE_JITTER.SIZE", "64",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0",
     "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0",
     "TEST.DETECTIONS_PER_IMAGE", "20", "DATALOADER.NUM_WORKERS", "0",

@@ -4,7 +4,9 @@
 config file (a row of the ablation) and one seed; it trains with ``VCLRTrainer`` into
 ``<output>/<row>_seed<seed>/``, evaluates the EMA teacher on ``synth_openworld_val_all`` with the
 known/novel split of the set's families, and writes ``run.json`` there (metrics, training time).
-A run whose ``run.json`` exists is read back instead of trained again.
+A run whose ``run.json`` exists is read back instead of trained again, after checking that it
+was trained with the config that its config file and overrides give now (a config file edited
+since is an error that names the changed keys, not a silently stale result).
 
 Metrics are named ``"<objects> <box|mask> AR@<k>"`` with objects ``known`` (families annotated
 in training), ``novel`` (never annotated: the open-world score) and ``all``.
@@ -108,6 +110,28 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
+    """``"KEY: then -> now"`` for every key where the config a run saved (``saved_file``, its
+    ``config.yaml``) differs from ``cfg`` (``OUTPUT_DIR`` aside: the same folder can be named
+    differently). Empty when they agree or when the run saved no config."""
+    if not os.path.isfile(saved_file):
+        return []
+    import yaml
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    with open(saved_file) as f:
+        then = flat(yaml.safe_load(f) or {})
+    now = flat(yaml.safe_load(cfg.dump()))
+    keys = sorted((set(then) | set(now)) - {"OUTPUT_DIR"})
+    return [f"{k}: {then.get(k, '<absent>')} -> {now.get(k, '<absent>')}"
+            for k in keys if then.get(k, "<absent>") != now.get(k, "<absent>")]
+
+
 def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = (),
             threads: int | None = None) -> tuple[dict, object]:
     """Train (or read back) and evaluate one run.
@@ -141,6 +165,13 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
         if found != wanted:
             raise ValueError(f"{record_file} is the record of another run ({found}, not "
                              f"{wanted}); delete the folder or choose another output")
+        changed = _config_changes(os.path.join(output_dir, "config.yaml"),
+                                  experiment_cfg(config_file, seed, output_dir, opts))
+        if changed:
+            raise ValueError(f"{record_file} was trained with another config than {config_file} "
+                             f"+ opts gives now (key: then -> now): {'; '.join(changed[:8])}"
+                             f"{' ...' if len(changed) > 8 else ''}; delete the folder to train "
+                             "the run again, or choose another output")
         logger.info(f"{record_file} exists: reusing it (delete the folder to train again)")
         return record, None
     logger.info(f"run: {config_file}, seed {seed}, {torch.get_num_threads()} threads -> "
