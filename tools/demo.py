@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The main job on the built-in synthetic open-world set: does v-CLR find more novel objects?
 
-    python tools/demo.py                      # what `make demo` runs: seed 0, ~17 min on 2 cores
+    python tools/demo.py                      # what `make demo` runs: seed 0, ~14 min on 2 cores
     python tools/demo.py --seeds 0 1 2        # the 3-seed comparison (mean and spread)
 
 Steps (progress is printed throughout):
