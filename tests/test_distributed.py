@@ -20,9 +20,8 @@ from .train_utils import CONFIG, ROOT, TINY, cli_args, max_abs_diff, model_state
 # Equal padding (one image size: no scale jitter, no crop) and no per-process randomness in the
 # model (student augmentations, subsampled mask targets): then 2 x 2 images and 1 x 4 images
 # compute the same gradient up to the order of float additions. The paper's matcher and objectness
-# targets:
-# with the synthetic recipe's dynamic_k + IoU targets the two runs differ by 1.1e-4 after 3
-# steps (each alone keeps < 5e-5; the dynamic-k assignment is chosen on predicted IoUs).
+# targets: with the synthetic recipe's dynamic_k + IoU targets the two runs differ by 1.1e-4
+# after 3 steps (each alone keeps < 5e-5; the dynamic-k assignment is chosen on predicted IoUs).
 SAME_BATCH = [
     "INPUT.SCALE_JITTER.ENABLED", "False", "INPUT.CROP.ENABLED", "False",
     "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",

@@ -51,6 +51,9 @@ def test_one_seed_gives_identical_numbers_twice(tmp_path, opts):
     changed = r"another config .*\(key: then -> now\): SOLVER.MAX_ITER: 700 -> 3; delete"
     with pytest.raises(ValueError, match=changed):
         run_row(config, 5, str(tmp_path / "first"), opts)
+    saved.write_text("SOLVER: [")
+    with pytest.raises(ValueError, match="first/config.yaml: not a config"):
+        run_row(config, 5, str(tmp_path / "first"), opts)
     (tmp_path / "other" / "run.json").write_text("{")
     with pytest.raises(ValueError, match="other/run.json: not a run record"):
         run_row(config, 6, str(tmp_path / "other"), opts)

@@ -124,8 +124,16 @@ def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    with open(saved_file) as f:
-        then = flat(yaml.safe_load(f) or {})
+    try:
+        with open(saved_file) as f:
+            then = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{saved_file}: not a config ({e}); delete the folder to train the run "
+                         "again") from None
+    if not isinstance(then, dict):
+        raise ValueError(f"{saved_file}: not a config (a YAML mapping); delete the folder to "
+                         "train the run again")
+    then = flat(then)
     now = flat(yaml.safe_load(cfg.dump()))
     keys = sorted((set(then) | set(now)) - {"OUTPUT_DIR"})
     return [f"{k}: {then.get(k, '<absent>')} -> {now.get(k, '<absent>')}"
