@@ -174,12 +174,12 @@ def _boxes_output(xyxy, scores):
     return inst
 
 
-def test_seen_unseen_breakdown_on_a_hand_made_case(register):
+def test_seen_unseen_breakdown_on_a_hand_made_case(register, tmp_path):
     register("_vclr_eval_split", _seen_unseen_gt())
     outputs = {1: _boxes_output([[0, 0, 10, 10], [20, 20, 30, 27.2]], [0.9, 0.8]),
                2: _boxes_output([[0, 0, 10, 9.2]], [0.7])}
     evaluator = OpenWorldEvaluator("_vclr_eval_split", tasks=("bbox",), max_dets=(1, 100),
-                                   known_classes=["cat"])
+                                   known_classes=["cat"], output_dir=str(tmp_path))
     res = _run(evaluator, outputs)["bbox"]
     # 10 thresholds: cat 10/10; dogs 5/10 and 9/10, car 0/10
     assert res["AR@100_seen"] == pytest.approx(100.0, abs=1e-9)
@@ -190,6 +190,18 @@ def test_seen_unseen_breakdown_on_a_hand_made_case(register):
     assert res["AR@1_unseen"] == pytest.approx(100 * 9 / 30, abs=1e-9)
     assert math.isnan(res["AR_large@100_seen"])  # no large objects
     assert "AP_seen" not in res and "AP" in res
+    # the recall at each IoU threshold (0.50 ... 0.95) at k = 100, whose mean is AR@100
+    by_iou = json.loads((tmp_path / RESULTS_FILE).read_text())["recall_by_iou"]
+    assert by_iou["iou_thresholds"] == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    assert by_iou["max_det"] == 100 and list(by_iou) == ["iou_thresholds", "max_det", "bbox"]
+    expected = {"seen": [100.0] * 10,  # the cat's box is exact
+                # the dogs pass 5 and 9 of the 10 thresholds, the car none
+                "unseen": [200 / 3] * 5 + [100 / 3] * 4 + [0.0],
+                "all": [75.0] * 5 + [50.0] * 4 + [25.0]}
+    for split, values in expected.items():
+        assert by_iou["bbox"][split] == pytest.approx(values, abs=1e-9), split
+        suffix = {"all": "", "seen": "_seen", "unseen": "_unseen"}[split]
+        assert np.mean(by_iou["bbox"][split]) == pytest.approx(res["AR@100" + suffix])
 
 
 def test_unknown_known_classes_are_named(register):

@@ -14,7 +14,11 @@ would count as false positives.
 
 Only the images that went through ``process`` are evaluated (as in ``COCOEvaluator``). The
 main process logs a table of the results and, given an output folder, writes them to
-``openworld_results.json`` there (NaN as null).
+``openworld_results.json`` there (NaN as null). The file also holds, under
+``recall_by_iou``, the recall at each IoU threshold (0.50, 0.55, ..., 0.95) at the largest k of
+all objects (and, with known classes, of the ``seen`` and ``unseen`` ones); AR@k is their
+mean. It tells a model that misses objects (low at 0.50) from one that localises them loosely
+(falling towards 0.95).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tabulate import tabulate
 
 from .ground_truth import CocoGroundTruth
 from .recall import DEFAULT_MAX_DETS, Detections, OpenWorldRecall, check_max_dets, summarize
+from .recall_types import IOU_THRESHOLDS, EvalArrays
 
 __all__ = ["RESULTS_FILE", "OpenWorldEvaluator", "ground_truth_file"]
 
@@ -47,6 +52,13 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "openworld_results.json"
 _TASKS = ("bbox", "segm")
+
+
+def _recall_by_iou(arrays: EvalArrays) -> list[float | None]:
+    """Recall in percent at each IoU threshold, every area, the largest k (None: no ground
+    truth)."""
+    recall = arrays.recall[:, arrays.area_labels.index("all"), -1]
+    return [float(r) * 100.0 if r >= 0 else None for r in recall]
 
 
 def ground_truth_file(dataset_name: str) -> str:
@@ -194,6 +206,7 @@ class OpenWorldEvaluator(DatasetEvaluator):
         )
         img_ids = np.unique([p["image_id"] for p in predictions])
         results = OrderedDict()
+        by_iou = {}
         for task in self.tasks:
             if task == "segm" and (dets.rles is None or not gt.has_masks):
                 logger.warning(
@@ -202,16 +215,21 @@ class OpenWorldEvaluator(DatasetEvaluator):
                        f"{self._json_file} has annotations without segmentation"))
                 continue
             engine = OpenWorldRecall(gt, dets, task, max_dets=self.max_dets, img_ids=img_ids)
-            res = summarize(engine.evaluate())
+            arrays = engine.evaluate()
+            res = summarize(arrays)
+            by_iou[task] = {"all": _recall_by_iou(arrays)}
             if self._known_ids is not None:
                 for suffix, ids in (("_seen", self._known_ids), ("_unseen", self._novel_ids)):
-                    split = summarize(engine.evaluate(ids))
+                    arrays = engine.evaluate(ids)
+                    split = summarize(arrays)
                     res.update({k + suffix: v for k, v in split.items() if k.startswith("AR")})
+                    by_iou[task][suffix[1:]] = _recall_by_iou(arrays)
             results[task] = res
-        self._report(results, num_images=len(img_ids), num_detections=len(dets))
+        self._report(results, by_iou, num_images=len(img_ids), num_detections=len(dets))
         return results
 
-    def _report(self, results: Mapping[str, Mapping[str, float]], **counts: int) -> None:
+    def _report(self, results: Mapping[str, Mapping[str, float]],
+                by_iou: Mapping[str, Mapping[str, list]], **counts: int) -> None:
         if not results:
             return
         tasks = list(results)
@@ -229,6 +247,8 @@ class OpenWorldEvaluator(DatasetEvaluator):
                 "max_dets": list(self.max_dets), "known_classes": self.known_classes,
                 "results": {t: {k: (None if math.isnan(v) else v) for k, v in r.items()}
                             for t, r in results.items()},
+                "recall_by_iou": {"iou_thresholds": [round(float(t), 2) for t in IOU_THRESHOLDS],
+                                  "max_det": self.max_dets[-1], **by_iou},
             }
             with PathManager.open(path, "w") as f:
                 json.dump(content, f, indent=2)
