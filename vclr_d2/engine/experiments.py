@@ -110,6 +110,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def _read_run_file(path: str, what: str, load, error: type[Exception]):
+    """``load`` of the open file ``path``; an unreadable one (``error``) is a ValueError naming
+    it as not a ``what``."""
+    try:
+        with open(path) as f:
+            return load(f)
+    except error as e:
+        raise ValueError(f"{path}: not a {what} ({e}); delete the folder to train the run "
+                         "again") from None
+
+
 def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
     """``"KEY: then -> now"`` for every key where the config a run saved (``saved_file``, its
     ``config.yaml``) differs from ``cfg`` (``OUTPUT_DIR`` aside: the same folder can be named
@@ -117,19 +128,12 @@ def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
     if not os.path.isfile(saved_file):
         return []
     import yaml
+    from detectron2.evaluation.testing import flatten_results_dict
 
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
+    def flat(d: dict) -> dict:  # {"SOLVER.MAX_ITER": 1400, ...}
+        return {k.replace("/", "."): v for k, v in flatten_results_dict(d).items()}
 
-    try:
-        with open(saved_file) as f:
-            then = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{saved_file}: not a config ({e}); delete the folder to train the run "
-                         "again") from None
+    then = _read_run_file(saved_file, "config", yaml.safe_load, yaml.YAMLError)
     if not isinstance(then, dict):
         raise ValueError(f"{saved_file}: not a config (a YAML mapping); delete the folder to "
                          "train the run again")
@@ -162,12 +166,7 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
 
     record_file = os.path.join(output_dir, "run.json")
     if os.path.isfile(record_file):
-        try:
-            with open(record_file) as f:
-                record = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{record_file}: not a run record ({e}); delete the folder to "
-                             "train the run again") from None
+        record = _read_run_file(record_file, "run record", json.load, json.JSONDecodeError)
         wanted = {"config": config_file, "seed": seed, "opts": list(opts)}
         found = {k: record.get(k) for k in wanted}
         if found != wanted:
