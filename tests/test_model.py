@@ -449,6 +449,10 @@ def test_pseudo_labels_keep_confident_uncovered_teacher_detections():
     (t,), num = labeler(out, head, post, [gt], [(64, 64)], (16, 16), 4)
     assert num == 1 and t.boxes[-1].tolist() == [32.0, 32, 48, 56]  # the best one
     assert not labeler.active(-1) and TeacherPseudoLabeler(start_iter=5).active(5)
+    window = TeacherPseudoLabeler(start_iter=5, end_iter=8)
+    assert [window.active(i) for i in range(4, 10)] == [False, True, True, True, False, False]
+    with pytest.raises(ValueError, match=r"END_ITER=5: .* > START_ITER=5"):
+        TeacherPseudoLabeler(start_iter=5, end_iter=5)
 
 
 def test_pseudo_labels_reach_the_proposal_term_in_training(model_cfg):

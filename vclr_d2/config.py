@@ -190,8 +190,10 @@ def _add_vclr_model_config(cfg: CN) -> None:
     # Pseudo-labels from the EMA teacher (not in the official v-CLR, whose teacher only gives
     # L_sim targets): its detections with a score >= SCORE_THRESH that overlap no ground truth or
     # proposal by more than TARGET_IOU (box IoU) join the proposals (L_obj), after NMS at
-    # NMS_THRESH among them, at most MAX_PER_IMAGE per image, from iteration START_ITER on. The
-    # teacher sees INPUT.VIEWS.TEACHER.
+    # NMS_THRESH among them, at most MAX_PER_IMAGE per image, at training iterations
+    # START_ITER <= it < END_ITER (END_ITER < 0: to the end of training; stopping them ends the
+    # teacher's feedback loop on its own false detections, docs/experiments.md). The teacher
+    # sees INPUT.VIEWS.TEACHER.
     cfg.MODEL.VCLR.PSEUDO_LABELS = CN()
     cfg.MODEL.VCLR.PSEUDO_LABELS.ENABLED = False
     cfg.MODEL.VCLR.PSEUDO_LABELS.SCORE_THRESH = 0.5
@@ -199,6 +201,7 @@ def _add_vclr_model_config(cfg: CN) -> None:
     cfg.MODEL.VCLR.PSEUDO_LABELS.TARGET_IOU = 0.5
     cfg.MODEL.VCLR.PSEUDO_LABELS.NMS_THRESH = 0.5
     cfg.MODEL.VCLR.PSEUDO_LABELS.START_ITER = 0
+    cfg.MODEL.VCLR.PSEUDO_LABELS.END_ITER = -1
     # [start, end]: the student sees its drawn view (INPUT.VIEWS) at training iterations
     # start <= it < end (end < 0: to the end of training) and the natural image at the others
     # (a view schedule, not in the paper; views are logged as "natural" then). [0, -1]: always.

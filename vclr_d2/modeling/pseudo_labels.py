@@ -36,7 +36,7 @@ class TeacherPseudoLabeler:
     @configurable
     def __init__(self, *, score_thresh: float = 0.5, max_per_image: int = 10,
                  target_iou: float = 0.5, nms_thresh: float = 0.5, start_iter: int = 0,
-                 mask_thresh: float = 0.5):
+                 end_iter: int = -1, mask_thresh: float = 0.5):
         """
         Args:
             score_thresh: minimum teacher score (``PostProcessor`` score) of a pseudo-label.
@@ -46,6 +46,8 @@ class TeacherPseudoLabeler:
             nms_thresh: NMS IoU threshold among an image's pseudo-labels (one per object).
             start_iter: training iteration from which pseudo-labels are made (the teacher
                 first has to learn something).
+            end_iter: training iteration from which no more pseudo-labels are made (< 0: none,
+                they go on to the end); the student then unlearns the teacher's false ones.
             mask_thresh: probability threshold of the teacher's masks.
         """
         if not 0.0 <= score_thresh <= 1.0:
@@ -54,11 +56,15 @@ class TeacherPseudoLabeler:
         if max_per_image < 0:
             raise ValueError(f"MODEL.VCLR.PSEUDO_LABELS.MAX_PER_IMAGE={max_per_image}: must be "
                              ">= 0")
+        if 0 <= end_iter <= start_iter:
+            raise ValueError(f"MODEL.VCLR.PSEUDO_LABELS.END_ITER={end_iter}: must be < 0 (to the "
+                             f"end of training) or > START_ITER={start_iter}")
         self.score_thresh = score_thresh
         self.max_per_image = max_per_image
         self.target_iou = target_iou
         self.nms_thresh = nms_thresh
         self.start_iter = start_iter
+        self.end_iter = end_iter
         self.mask_thresh = mask_thresh
 
     @classmethod
@@ -70,11 +76,13 @@ class TeacherPseudoLabeler:
             "target_iou": p.TARGET_IOU,
             "nms_thresh": p.NMS_THRESH,
             "start_iter": p.START_ITER,
+            "end_iter": p.END_ITER,
             "mask_thresh": cfg.MODEL.VCLR.MASK_THRESH,
         }
 
     def active(self, iteration: int) -> bool:
-        return self.max_per_image > 0 and iteration >= self.start_iter
+        return (self.max_per_image > 0 and iteration >= self.start_iter
+                and (self.end_iter < 0 or iteration < self.end_iter))
 
     @torch.no_grad()
     def __call__(self, out: HeadOutputs, head: VCLRHead, postprocessor: PostProcessor,
