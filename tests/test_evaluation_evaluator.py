@@ -204,6 +204,20 @@ def test_seen_unseen_breakdown_on_a_hand_made_case(register, tmp_path):
         assert np.mean(by_iou["bbox"][split]) == pytest.approx(res["AR@100" + suffix])
 
 
+def test_confident_false_detections_are_counted_per_image(register, tmp_path):
+    register("_vclr_eval_conf", _seen_unseen_gt())
+    # image 1: on the cat (IoU 1), half on the dog (IoU 1/3), on nothing (IoU 0), and one
+    # on nothing below the score threshold; image 2: on the dog (IoU 0.92) only
+    outputs = {1: _boxes_output([[0, 0, 10, 10], [25, 20, 35, 30], [70, 70, 80, 80],
+                                 [80, 0, 90, 10]], [0.9, 0.6, 0.5, 0.4]),
+               2: _boxes_output([[0, 0, 10, 9.2]], [0.7])}
+    _run(OpenWorldEvaluator("_vclr_eval_conf", tasks=("bbox",), output_dir=str(tmp_path)),
+         outputs)
+    conf = json.loads((tmp_path / RESULTS_FILE).read_text())["confident_detections"]
+    assert conf == {"score_thresh": 0.5, "false_iou": 0.5, "off_object_iou": 0.2,
+                    "per_image": 2.0, "false_per_image": 1.0, "off_object_per_image": 0.5}
+
+
 def test_unknown_known_classes_are_named(register):
     register("_vclr_eval_badcls", _seen_unseen_gt())
     with pytest.raises(ValueError, match=r"\['zebra', 'bus'\]"):

@@ -18,7 +18,11 @@ main process logs a table of the results and, given an output folder, writes the
 ``recall_by_iou``, the recall at each IoU threshold (0.50, 0.55, ..., 0.95) at the largest k of
 all objects (and, with known classes, of the ``seen`` and ``unseen`` ones); AR@k is their
 mean. It tells a model that misses objects (low at 0.50) from one that localises them loosely
-(falling towards 0.95).
+(falling towards 0.95). Under ``confident_detections`` it counts, per image, the detections
+with a score >= 0.5 (``per_image``), those whose box overlaps every ground-truth object (any
+class) by box IoU < 0.5 (``false_per_image``) and, of those, the ones on no object at all
+(IoU < 0.2, ``off_object_per_image``): recall does not see confident false detections, and a
+self-training loop that teaches the model its own mistakes shows there first.
 """
 
 from __future__ import annotations
@@ -59,6 +63,32 @@ def _recall_by_iou(arrays: EvalArrays) -> list[float | None]:
     truth)."""
     recall = arrays.recall[:, arrays.area_labels.index("all"), -1]
     return [float(r) * 100.0 if r >= 0 else None for r in recall]
+
+
+CONFIDENT_SCORE = 0.5
+FALSE_IOU, OFF_OBJECT_IOU = 0.5, 0.2
+
+
+def _confident_detections(gt: CocoGroundTruth, predictions: Sequence[Mapping[str, Any]]
+                          ) -> dict[str, float]:
+    """Per image: detections with score >= CONFIDENT_SCORE, those of them with box IoU <
+    FALSE_IOU with every ground-truth object, and those with IoU < OFF_OBJECT_IOU."""
+    pos, found = gt.image_positions(np.array([p["image_id"] for p in predictions]))
+    confident = false = off = 0
+    for p, i, f in zip(predictions, pos, found):
+        dt = p["boxes"][p["scores"] >= CONFIDENT_SCORE]
+        confident += len(dt)
+        rows = slice(gt.offsets[i], gt.offsets[i + 1]) if f else slice(0, 0)
+        best = np.zeros(len(dt))
+        if len(dt) and rows.stop > rows.start:
+            best = np.asarray(mask_util.iou(dt, gt.boxes[rows],
+                                            gt.iscrowd[rows].astype(np.uint8))).max(axis=1)
+        false += int((best < FALSE_IOU).sum())
+        off += int((best < OFF_OBJECT_IOU).sum())
+    n = max(len(predictions), 1)
+    return {"score_thresh": CONFIDENT_SCORE, "false_iou": FALSE_IOU,
+            "off_object_iou": OFF_OBJECT_IOU, "per_image": confident / n,
+            "false_per_image": false / n, "off_object_per_image": off / n}
 
 
 def ground_truth_file(dataset_name: str) -> str:
@@ -225,11 +255,13 @@ class OpenWorldEvaluator(DatasetEvaluator):
                     res.update({k + suffix: v for k, v in split.items() if k.startswith("AR")})
                     by_iou[task][suffix[1:]] = _recall_by_iou(arrays)
             results[task] = res
-        self._report(results, by_iou, num_images=len(img_ids), num_detections=len(dets))
+        self._report(results, by_iou, _confident_detections(gt, predictions),
+                     num_images=len(img_ids), num_detections=len(dets))
         return results
 
     def _report(self, results: Mapping[str, Mapping[str, float]],
-                by_iou: Mapping[str, Mapping[str, list]], **counts: int) -> None:
+                by_iou: Mapping[str, Mapping[str, list]], confident: Mapping[str, float],
+                **counts: int) -> None:
         if not results:
             return
         tasks = list(results)
@@ -249,6 +281,7 @@ class OpenWorldEvaluator(DatasetEvaluator):
                             for t, r in results.items()},
                 "recall_by_iou": {"iou_thresholds": [round(float(t), 2) for t in IOU_THRESHOLDS],
                                   "max_det": self.max_dets[-1], **by_iou},
+                "confident_detections": dict(confident),
             }
             with PathManager.open(path, "w") as f:
                 json.dump(content, f, indent=2)
