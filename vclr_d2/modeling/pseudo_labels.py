@@ -13,6 +13,11 @@ truth or proposal) above ``target_iou``; NMS at ``nms_thresh`` among them, then 
 ``max_per_image`` per image, best first. Pseudo-
 labels join the proposals (the L_obj term) with the teacher's mask, cut to its box, and the
 teacher's score as their proposal score (``MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING``).
+
+A loop: the student learns the pseudo-labels, the EMA teacher follows the student, and its false
+detections come back as pseudo-labels. On the synthetic set the cap fills with them and the
+confident false detections grow with training (docs/experiments.md, "Why (e) stalls");
+``end_iter`` stops the pseudo-labels so the student can unlearn them.
 """
 
 from __future__ import annotations
