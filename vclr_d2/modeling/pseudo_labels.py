@@ -51,8 +51,9 @@ class TeacherPseudoLabeler:
             nms_thresh: NMS IoU threshold among an image's pseudo-labels (one per object).
             start_iter: training iteration from which pseudo-labels are made (the teacher
                 first has to learn something).
-            end_iter: training iteration from which no more pseudo-labels are made (< 0: none,
-                they go on to the end); the student then unlearns the teacher's false ones.
+            end_iter: training iteration from which no more pseudo-labels are made (< 0: no
+                end, they go on to the end of training); the student then unlearns the
+                teacher's false ones.
             mask_thresh: probability threshold of the teacher's masks.
         """
         if not 0.0 <= score_thresh <= 1.0:
