@@ -598,3 +598,24 @@ def test_benchmark_padding_ratio_counts_the_padded_batch_pixels():
     assert ratio([[img(100, 100)]], size_divisibility=4) == 1.0
     # over batches: (2 * 64 * 64 + 64 * 64) / (2 * 32 * 64 + 64 * 64)
     assert ratio([[img(64, 32), img(32, 64)], [img(64, 64)]]) == 1.5
+
+
+def test_benchmark_count_leaf_ops_counts_operators_that_call_no_other():
+    from types import SimpleNamespace as E
+
+    count = _tool("benchmark").count_leaf_ops
+    leaf = E(name="aten::mul", cpu_children=[])
+    # aten::add calls aten::mul (not a leaf); a non-aten event with an aten child is skipped
+    events = [E(name="aten::add", cpu_children=[leaf]), leaf,
+              E(name="aten::fill_", cpu_children=[E(name="other", cpu_children=[])]),
+              E(name="Optimizer.step", cpu_children=[leaf]),
+              E(name="aten::as_strided", cpu_children=[])]  # a view: no kernel
+    assert count(events) == 2
+    # a real profile: x * y + z runs two leaf operators, x.sum() one more (its output's fill_;
+    # its as_strided is a view)
+    from torch.profiler import ProfilerActivity, profile
+
+    x, y, z = torch.ones(4), torch.ones(4), torch.ones(4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        (x * y + z).sum()
+    assert count(prof.events()) == 3

@@ -115,11 +115,7 @@ def run_train_step(args) -> dict:
         loader = iter(VCLRTrainer.build_train_loader(cfg))
     else:
         fixed = _batch(args.batch, args.size, args.objects, args.device, with_targets=True)
-    times = []
-    for i in range(args.warmup + args.iters):
-        batch = next(loader) if args.data == "loader" else fixed
-        _sync(args.device)
-        t0 = time.perf_counter()
+    def step(batch) -> None:
         with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
             loss = sum(model(batch).values())
         opt.zero_grad()
@@ -127,10 +123,40 @@ def run_train_step(args) -> dict:
         scaler.step(opt)
         scaler.update()
         model.update_teacher()
+
+    times = []
+    for i in range(args.warmup + args.iters):
+        batch = next(loader) if args.data == "loader" else fixed
+        _sync(args.device)
+        t0 = time.perf_counter()
+        step(batch)
         _sync(args.device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    return {"ms_per_step": 1000 * statistics.median(times), "peak_mb": _peak_mb(args.device)}
+    out = {"ms_per_step": 1000 * statistics.median(times), "peak_mb": _peak_mb(args.device)}
+    if getattr(args, "count_ops", False):  # one more step, under the profiler
+        from torch.profiler import ProfilerActivity, profile
+
+        batch = next(loader) if args.data == "loader" else fixed
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(batch)
+            _sync(args.device)
+        out["aten_ops"] = count_leaf_ops(prof.events())
+    return out
+
+
+# operators that only allocate or make a view: no kernel on a GPU
+_NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::as_strided",
+              "aten::as_strided_", "aten::view", "aten::_reshape_alias", "aten::_unsafe_view",
+              "aten::resize_", "aten::alias", "aten::detach", "aten::lift_fresh", "aten::set_"}
+
+
+def count_leaf_ops(events) -> int:
+    """Operators of a profile that call no other operator (``aten::`` events without an
+    ``aten::`` child), allocations and views aside: about the kernels a step launches on a
+    GPU, each with its fixed cost."""
+    return sum(1 for e in events if e.name.startswith("aten::") and e.name not in _NO_KERNEL
+               and not any(c.name.startswith("aten::") for c in e.cpu_children))
 
 
 def run_inference(args) -> dict:
@@ -203,7 +229,8 @@ def _spawn(mode: str, variant: str, args) -> dict:
            "--batch", str(args.batch), "--iters", str(args.iters), "--warmup",
            str(args.warmup), "--device", args.device, "--model", args.model,
            "--objects", str(args.objects), "--config", args.config, "--data", args.data] + (
-               ["--amp"] if args.amp else []) + (["--opts", *args.opts] if args.opts else [])
+               ["--amp"] if args.amp else []) + (["--count-ops"] if args.count_ops else []) + (
+               ["--opts", *args.opts] if args.opts else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -232,6 +259,10 @@ def main() -> None:
                              "padding; loading not timed)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="data-loader worker counts (loader)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="train-step: also profile one step and count its operators that "
+                             "call no other, allocations and views aside (about the kernels it "
+                             "launches on a GPU)")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                         help="config overrides, for every variant")
@@ -258,11 +289,13 @@ def main() -> None:
         ref = rows["vclr"]["ms_per_step"]
         print(f"model {args.model}, config {args.config} {' '.join(args.opts)}, inputs: "
               + ("the config's training loader" if args.data == "loader" else "random"))
-        print("| variant | ms / step | v-CLR / variant | peak memory (MiB) |")
-        print("| --- | ---: | ---: | ---: |")
+        ops = args.count_ops
+        print("| variant | ms / step | v-CLR / variant | peak memory (MiB) |"
+              + (" operators / step |" if ops else ""))
+        print("| --- | ---: | ---: | ---: |" + (" ---: |" if ops else ""))
         for v, r in rows.items():
             print(f"| {v} | {r['ms_per_step']:.0f} | {ref / r['ms_per_step']:.2f} | "
-                  f"{r['peak_mb']:.0f} |")
+                  f"{r['peak_mb']:.0f} |" + (f" {r['aten_ops']} |" if ops else ""))
     elif args.mode == "loader":
         print(f"config {args.config} {' '.join(args.opts)}, batch {args.batch}, {args.iters} "
               "batches timed")
