@@ -127,3 +127,53 @@ def test_gpu_check_smoke_mode_runs_every_step_on_the_cpu(tmp_path, monkeypatch):
     c = res["cpu_vs_device"]
     assert c["agree"] and c["max_weight_diff"] == 0.0 and c["max_weight_move"] > 0
     assert "| vclr | on |" in (tmp_path / "gpu_check.md").read_text()
+
+
+_TINY_ABLATION = [
+    "DATASETS.SYNTHETIC.NUM_TRAIN", "8", "DATASETS.SYNTHETIC.NUM_VAL", "2",
+    "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
+    "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0", "TEST.EVAL_PERIOD", "0",
+    "DATALOADER.NUM_WORKERS", "0"]
+
+
+def _gpu_ablation(tmp_path, limit: int, *opts: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "MPS": "0",
+           "DETECTRON2_DATASETS": str(tmp_path / "datasets")}
+    return subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_ablation.sh"), str(tmp_path / "out"), str(limit),
+         "--rows", "a", "--seeds", "0", "--jobs", "1", "--threads", "1", "--output",
+         str(tmp_path / "runs"), *opts], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_gpu_ablation_script_packs_every_run_file_but_the_weights(tmp_path):
+    import tarfile
+
+    r = _gpu_ablation(tmp_path, 0, *_TINY_ABLATION)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "runs" / "a_seed0" / "model_final.pth").is_file()
+    with tarfile.open(tmp_path / "out" / "runs.tgz") as t:
+        names = {n.split("/runs/", 1)[-1] for n in t.getnames()}
+        record = json.load(t.extractfile(next(m for m in t.getmembers()
+                                              if m.name.endswith("a_seed0/run.json"))))
+    assert {"a_seed0/run.json", "a_seed0/metrics.json", "a_seed0/config.yaml",
+            "ablation.md", "ablation.json"} <= names
+    assert not any(n.endswith(".pth") for n in names)
+    assert record["seed"] == 0 and record["opts"] == _TINY_ABLATION
+    assert "ablation exit status 0" in r.stdout
+
+
+def test_gpu_ablation_script_stops_the_runs_at_the_deadline_and_keeps_their_files(tmp_path):
+    # 1 s: stopped while the set is generated or the run starts (checked every 5 s)
+    r = _gpu_ablation(tmp_path, 1, *_TINY_ABLATION[:8], "SOLVER.MAX_ITER", "100000",
+                      *_TINY_ABLATION[10:])
+    assert r.returncode != 0
+    assert "stopped after 1 s" in r.stdout
+    assert (tmp_path / "out" / "runs.tgz").is_file()
+    assert "stopped after 1 s" in (tmp_path / "out" / "ablation.log").read_text()
+
+
+def test_gpu_ablation_script_needs_the_runs_folder(tmp_path):
+    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_ablation.sh"), str(tmp_path), "0",
+                        "--rows", "a"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "name the runs' folder with --output" in r.stderr
