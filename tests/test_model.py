@@ -453,6 +453,13 @@ def test_pseudo_labels_keep_confident_uncovered_teacher_detections():
     assert [window.active(i) for i in range(4, 10)] == [False, True, True, True, False, False]
     with pytest.raises(ValueError, match=r"END_ITER=5: .* > START_ITER=5"):
         TeacherPseudoLabeler(start_iter=5, end_iter=5)
+    # SCORE_WEIGHT: the pseudo-labels' objectness-loss weight rides along with the targets
+    assert t.score_weights is None  # default 1: nothing to weight
+    (t,), _ = TeacherPseudoLabeler(score_thresh=0.5, score_weight=0.0)(
+        out, head, post, [gt], [(64, 64)], (16, 16), 4)
+    assert t.score_weights.tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"SCORE_WEIGHT=1.5: must be in \[0, 1\]"):
+        TeacherPseudoLabeler(score_weight=1.5)
 
 
 def test_pseudo_labels_reach_the_proposal_term_in_training(model_cfg):

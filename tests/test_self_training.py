@@ -94,6 +94,41 @@ def test_soft_targets_weight_the_objectness_of_proposal_positives(model_cfg):
                                              rel=1e-5)
 
 
+def test_score_weights_take_pseudo_label_positives_out_of_the_objectness_loss(model_cfg):
+    """Targets.score_weights (the pseudo-labels' SCORE_WEIGHT) scale the objectness loss of
+    their matched locations whatever PROPOSAL_SCORE_WEIGHTING says; boxes and masks stay."""
+    import dataclasses
+
+    model = build_model(model_cfg).train()
+    image, masks = scene()
+    x = training_input(image, masks, proposals=[(0, 0, 9, 9), (100, 2, 126, 10)])
+    images = model.preprocess([x], "image", augment=False)
+    (t,) = model.prepare_targets([x], tuple(images.tensor.shape[-2:]))
+    with torch.no_grad():
+        out = model.head(model.backbone(images.tensor))
+    matches = model._match(out, [t], images.image_sizes)
+    pred_idx, tgt_idx = matches[0]
+    # the last two targets play the pseudo-labels: weight 0
+    ignored = dataclasses.replace(t, score_weights=torch.tensor([1.0] * 4 + [0.0, 0.0]))
+    model_cfg.MODEL.VCLR_LOSS.SCORE_LOSS = "joint"
+    crit = VCLRCriterion(model_cfg)
+
+    def losses(targets):
+        return {k: v.item() for k, v in crit.detection_losses(
+            out, [targets], matches, images.image_sizes, model.head.mask_logits).items()}
+
+    plain, cut = losses(t), losses(ignored)
+    prop = ~t.is_gt[tgt_idx]
+    assert prop.sum() == 2
+    focal = sigmoid_focal_loss(out.objectness[0, pred_idx[prop]], torch.ones(2), alpha=0.25,
+                               gamma=2.0, reduction="none").sum().item()
+    # joint: positives of the proposal term weigh 4 (MODEL.VCLR_LOSS defaults), over all positives
+    assert cut["loss_score"] == pytest.approx(plain["loss_score"] - 4.0 * focal / len(pred_idx),
+                                              rel=1e-5)
+    assert {k: v for k, v in cut.items() if k != "loss_score"} == {
+        k: v for k, v in plain.items() if k != "loss_score"}
+
+
 # --------------------------------------------------------------------------- variants, table
 def test_proposal_variant_replaces_proposals_and_keeps_ground_truth(tmp_path):
     cfg = get_vclr_cfg(str(ROOT / "configs/synthetic/vclr.yaml"),

@@ -202,6 +202,10 @@ def _add_vclr_model_config(cfg: CN) -> None:
     cfg.MODEL.VCLR.PSEUDO_LABELS.NMS_THRESH = 0.5
     cfg.MODEL.VCLR.PSEUDO_LABELS.START_ITER = 0
     cfg.MODEL.VCLR.PSEUDO_LABELS.END_ITER = -1
+    # Objectness-loss weight of the locations matched to a pseudo-label (their boxes and masks
+    # are learned in any case). 0: the student's score there is not trained, so the teacher's
+    # false detections are not confirmed (nor suppressed) by their own pseudo-labels.
+    cfg.MODEL.VCLR.PSEUDO_LABELS.SCORE_WEIGHT = 1.0
     # [start, end]: the student sees its drawn view (INPUT.VIEWS) at training iterations
     # start <= it < end (end < 0: to the end of training) and the natural image at the others
     # (a view schedule, not in the paper; views are logged as "natural" then). [0, -1]: always.

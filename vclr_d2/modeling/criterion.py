@@ -59,7 +59,10 @@ class Targets:
         is_gt: (K,) bool, True for ground truth, False for proposals.
         masks: (K, Hl, Wl) float mask targets at the mask-loss stride (padded size), or None.
         has_mask: (K,) bool, whether target k has a mask.
-        weights: (K,) objectness-loss weights (proposal scores, 1 for ground truth), or None.
+        weights: (K,) objectness-loss weights (proposal scores, 1 for ground truth), or None;
+            used with ``MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHTING``.
+        score_weights: (K,) objectness-loss weights applied in any case (the pseudo-labels'
+            ``MODEL.VCLR.PSEUDO_LABELS.SCORE_WEIGHT``), or None (all 1).
     """
 
     boxes: torch.Tensor
@@ -67,6 +70,7 @@ class Targets:
     masks: torch.Tensor | None
     has_mask: torch.Tensor
     weights: torch.Tensor | None = None
+    score_weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -211,6 +215,8 @@ class VCLRCriterion:
                                        beta=self.focal_gamma)
         if self.proposal_score_weighting:  # soft proposal targets (soft_targets.py)
             focal = focal * proposal_weight_map(focal, targets, matches)
+        if any(t.score_weights is not None for t in targets):  # e.g. pseudo-labels' weight
+            focal = focal * proposal_weight_map(focal, targets, matches, field="score_weights")
 
         pos = {"gt": [], "obj": []}  # per image: (pred_idx, tgt_idx) of that term
         for (pred_idx, tgt_idx), t in zip(matches, targets):

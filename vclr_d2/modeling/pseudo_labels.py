@@ -17,7 +17,8 @@ teacher's score as their proposal score (``MODEL.VCLR_LOSS.PROPOSAL_SCORE_WEIGHT
 A loop: the student learns the pseudo-labels, the EMA teacher follows the student, and its false
 detections come back as pseudo-labels. On the synthetic set the cap fills with them and the
 confident false detections grow with training (docs/experiments.md, "Why (e) stalls");
-``end_iter`` stops the pseudo-labels so the student can unlearn them.
+``end_iter`` stops the pseudo-labels so the student can unlearn them; ``score_weight`` 0 keeps
+them but leaves the objectness of their locations untrained, so they cannot confirm themselves.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class TeacherPseudoLabeler:
     @configurable
     def __init__(self, *, score_thresh: float = 0.5, max_per_image: int = 10,
                  target_iou: float = 0.5, nms_thresh: float = 0.5, start_iter: int = 0,
-                 end_iter: int = -1, mask_thresh: float = 0.5):
+                 end_iter: int = -1, mask_thresh: float = 0.5, score_weight: float = 1.0):
         """
         Args:
             score_thresh: minimum teacher score (``PostProcessor`` score) of a pseudo-label.
@@ -55,6 +56,9 @@ class TeacherPseudoLabeler:
                 end, they go on to the end of training); the student then unlearns the
                 teacher's false ones.
             mask_thresh: probability threshold of the teacher's masks.
+            score_weight: objectness-loss weight of the locations matched to a pseudo-label
+                (``Targets.score_weights``); 0 leaves their score untrained, so the teacher's
+                detections do not confirm themselves, while their boxes and masks are learned.
         """
         if not 0.0 <= score_thresh <= 1.0:
             raise ValueError(f"MODEL.VCLR.PSEUDO_LABELS.SCORE_THRESH={score_thresh}: must be "
@@ -65,6 +69,10 @@ class TeacherPseudoLabeler:
         if 0 <= end_iter <= start_iter:
             raise ValueError(f"MODEL.VCLR.PSEUDO_LABELS.END_ITER={end_iter}: must be < 0 (to the "
                              f"end of training) or > START_ITER={start_iter}")
+        if not 0.0 <= score_weight <= 1.0:
+            raise ValueError(f"MODEL.VCLR.PSEUDO_LABELS.SCORE_WEIGHT={score_weight}: must be in "
+                             "[0, 1]")
+        self.score_weight = score_weight
         self.score_thresh = score_thresh
         self.max_per_image = max_per_image
         self.target_iou = target_iou
@@ -83,6 +91,7 @@ class TeacherPseudoLabeler:
             "nms_thresh": p.NMS_THRESH,
             "start_iter": p.START_ITER,
             "end_iter": p.END_ITER,
+            "score_weight": p.SCORE_WEIGHT,
             "mask_thresh": cfg.MODEL.VCLR.MASK_THRESH,
         }
 
@@ -138,10 +147,17 @@ class TeacherPseudoLabeler:
                 has_mask = torch.cat([has_mask, has_mask.new_ones(len(boxes))])
             else:
                 has_mask = torch.cat([has_mask, has_mask.new_zeros(len(boxes))])
+            score_weights = t.score_weights
+            if self.score_weight != 1.0 or score_weights is not None:
+                if score_weights is None:
+                    score_weights = t.boxes.new_ones(len(t))
+                score_weights = torch.cat(
+                    [score_weights, score_weights.new_full((len(boxes),), self.score_weight)])
             new.append(Targets(
                 boxes=torch.cat([t.boxes, boxes.to(t.boxes.dtype)]),
                 is_gt=torch.cat([t.is_gt, t.is_gt.new_zeros(len(boxes))]),
                 masks=masks, has_mask=has_mask,
                 weights=None if t.weights is None else torch.cat(
-                    [t.weights, scores.to(t.weights.dtype)])))
+                    [t.weights, scores.to(t.weights.dtype)]),
+                score_weights=score_weights))
         return new, total

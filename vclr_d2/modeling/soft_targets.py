@@ -16,16 +16,19 @@ import torch
 __all__ = ["proposal_weight_map"]
 
 
-def proposal_weight_map(like: torch.Tensor, targets: list, matches: list) -> torch.Tensor:
+def proposal_weight_map(like: torch.Tensor, targets: list, matches: list,
+                        field: str = "weights") -> torch.Tensor:
     """(N, R) weights, 1 except at locations matched to a target with a weight.
 
     Args:
         like: (N, R) tensor giving shape, dtype and device.
-        targets: per image, ``Targets`` whose ``weights`` (K,) is None (all 1) or a tensor.
+        targets: per image, ``Targets`` whose ``field`` (``weights`` or ``score_weights``,
+            (K,)) is None (all 1) or a tensor.
         matches: per image, (pred_idx (P,), tgt_idx (P,)).
     """
     weights = torch.ones_like(like)
     for i, ((pred_idx, tgt_idx), t) in enumerate(zip(matches, targets)):
-        if t.weights is not None and len(pred_idx):
-            weights[i, pred_idx] = t.weights[tgt_idx].to(like.dtype)
+        w = getattr(t, field)
+        if w is not None and len(pred_idx):
+            weights[i, pred_idx] = w[tgt_idx].to(like.dtype)
     return weights
