@@ -177,3 +177,17 @@ def test_gpu_ablation_script_needs_the_runs_folder(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_ablation.sh"), str(tmp_path), "0",
                         "--rows", "a"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "name the runs' folder with --output" in r.stderr
+
+
+def test_gpu_scripts_name_the_missing_wheel_folder(tmp_path):
+    # a Python that imports nothing and no wheels: both GPU scripts stop at set-up, saying why
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "WHEELS": str(tmp_path / "no_wheels")}
+    for cmd in (["gpu_check.sh", str(tmp_path)],
+                ["gpu_ablation.sh", str(tmp_path), "0", "--output", str(tmp_path / "runs")]):
+        r = subprocess.run(["bash", str(ROOT / "tools" / cmd[0]), *cmd[1:]], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert f"there is no wheel folder {tmp_path / 'no_wheels'}" in r.stderr

@@ -12,8 +12,8 @@
 # wrote until then is kept. Either way OUT_DIR/runs.tgz gets every file of the --output folder but
 # the weights (each run's metrics.json holds its training curve and every evaluation), with the
 # ablation's log and, when the GPU has nvidia-smi, its utilisation every 10 s (dmon.txt).
-# A Python without detectron2 (or fvcore, iopath, yacs, pycocotools, omegaconf) gets them from the
-# wheels in $WHEELS (default .whl), as in tools/gpu_check.sh. With MPS=1 (default) and
+# A Python without detectron2 gets it and its needs from the wheels in $WHEELS (tools/gpu_env.sh).
+# With MPS=1 (default) and
 # nvidia-cuda-mps-control present, the runs share the GPU through MPS, so that their small kernels
 # overlap; if a CUDA client cannot start under it within 60 s, MPS is stopped and they time-share.
 set -uo pipefail
@@ -22,8 +22,6 @@ cd "$(dirname "$0")/.."
 OUT_DIR=$1
 LIMIT=$2
 shift 2
-WHEELS=${WHEELS:-.whl}
-PY=${PYTHON:-python3}
 RUNS=""
 args=("$@")
 for ((i = 0; i < ${#args[@]} - 1; i++)); do
@@ -31,15 +29,8 @@ for ((i = 0; i < ${#args[@]} - 1; i++)); do
 done
 [[ -n $RUNS ]] || { echo "gpu_ablation.sh: name the runs' folder with --output" >&2; exit 2; }
 mkdir -p "$OUT_DIR"
-
-# (checked from /tmp, with the script's own folder off the path, as tools/ablation.py imports them)
-if ! (cd /tmp && "$PY" -c 'import detectron2.config, fvcore, pycocotools.mask, omegaconf') 2>/dev/null; then
-    [[ -d "$WHEELS" ]] || { echo "detectron2 is missing and there is no wheel folder $WHEELS" >&2; exit 2; }
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/vclr_site "$WHEELS"/*.whl || exit 2
-    export PYTHONPATH=/tmp/vclr_site${PYTHONPATH:+:$PYTHONPATH}
-fi
-(cd /tmp && "$PY" -c 'import detectron2, torch; print("detectron2", detectron2.__file__, "torch", torch.__version__)') || exit 2
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+source tools/gpu_env.sh
+export OMP_NUM_THREADS=1
 
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
