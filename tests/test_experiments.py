@@ -59,6 +59,28 @@ def test_one_seed_gives_identical_numbers_twice(tmp_path, opts):
         run_row(config, 6, str(tmp_path / "other"), opts)
 
 
+def test_a_key_added_after_a_run_counts_as_changed_only_off_its_default(tmp_path, opts):
+    """A run saved before ``PSEUDO_LABELS.SCORE_WEIGHT`` existed is what the default (1.0)
+    trains, so it is reused; asking for 0.0 names the key."""
+    import yaml
+
+    from vclr_d2.engine.experiments import _config_changes
+
+    config = str(ROOT / "configs" / ROWS["e"].config)
+    saved = yaml.safe_load(experiment_cfg(config, 0, str(tmp_path), opts).dump())
+    del saved["MODEL"]["VCLR"]["PSEUDO_LABELS"]["SCORE_WEIGHT"]
+    saved["SOLVER"]["BASE_LR"] = 0.5  # and one real change beside it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = experiment_cfg(config, 0, str(tmp_path), opts)
+    lr = cfg.SOLVER.BASE_LR
+    assert _config_changes(str(tmp_path / "config.yaml"), cfg) == [
+        f"SOLVER.BASE_LR: 0.5 -> {lr}"]
+    cfg = experiment_cfg(config, 0, str(tmp_path),
+                         opts + ["MODEL.VCLR.PSEUDO_LABELS.SCORE_WEIGHT", "0.0"])
+    assert _config_changes(str(tmp_path / "config.yaml"), cfg) == [
+        "MODEL.VCLR.PSEUDO_LABELS.SCORE_WEIGHT: <absent> -> 0.0", f"SOLVER.BASE_LR: 0.5 -> {lr}"]
+
+
 def test_experiment_cfg_requires_the_known_novel_split(tmp_path, opts):
     config = str(ROOT / "configs" / ROWS["a"].config)
     with pytest.raises(ValueError, match="TEST.OPENWORLD.KNOWN_CLASSES"):

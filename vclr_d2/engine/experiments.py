@@ -28,7 +28,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 
-from .setup import load_cfg
+from .setup import get_vclr_cfg, load_cfg
 
 __all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "machine", "openworld_metrics",
            "run_row", "run_rows"]
@@ -124,7 +124,11 @@ def _read_run_file(path: str, what: str, load, error: type[Exception]):
 def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
     """``"KEY: then -> now"`` for every key where the config a run saved (``saved_file``, its
     ``config.yaml``) differs from ``cfg`` (``OUTPUT_DIR`` aside: the same folder can be named
-    differently). Empty when they agree or when the run saved no config."""
+    differently). Empty when they agree or when the run saved no config.
+
+    A key the saved config lacks (added to the project after the run was trained) is a change
+    only when ``cfg`` sets it to something other than its default: a new key's default keeps
+    earlier behaviour, so such a run is what ``cfg`` would train."""
     if not os.path.isfile(saved_file):
         return []
     import yaml
@@ -139,6 +143,10 @@ def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
                          "train the run again")
     then = flat(then)
     now = flat(yaml.safe_load(cfg.dump()))
+    default = flat(yaml.safe_load(get_vclr_cfg().dump()))
+    for k in set(now) - set(then):  # keys added since: their defaults reproduce the run
+        if k in default and now[k] == default[k]:
+            then[k] = now[k]
     keys = sorted((set(then) | set(now)) - {"OUTPUT_DIR"})
     return [f"{k}: {then.get(k, '<absent>')} -> {now.get(k, '<absent>')}"
             for k in keys if then.get(k, "<absent>") != now.get(k, "<absent>")]
