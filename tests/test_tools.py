@@ -619,3 +619,33 @@ def test_benchmark_count_leaf_ops_counts_operators_that_call_no_other():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         (x * y + z).sum()
     assert count(prof.events()) == 3
+
+
+def test_metrics_table_means_per_window(tmp_path, capsys):
+    tool = _tool("metrics_table")
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"iteration": i, "vclr/num_pseudo": float(i // 10)} for i in range(0, 30, 5)]
+    lines.insert(3, {"iteration": 14, "bbox/AR@100": 50.0})  # an evaluation line: skipped
+    (run / "metrics.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # iterations 0,5 -> 0,0; 10,15 -> 1,1; 20,25 -> 2,2; windows of 10 from 0
+    assert tool.window_means(tool.read_metrics(run), "vclr/num_pseudo", 10) == [
+        (0, 9, 0.0), (10, 19, 1.0), (20, 25, 2.0)]
+    means = tool.window_means(tool.read_metrics(run), "vclr/num_pseudo", 20, start=5, end=44)
+    assert means[0] == (5, 24, 1.0) and means[1][:2] == (25, 44) and means[1][2] == 2.0
+    out = tmp_path / "m.json"
+    assert tool.main([str(run), "--key", "vclr/num_pseudo", "--window", "10",
+                      "--output", str(out)]) == 0
+    assert "| 0-9 | 10-19 | 20-25 |" in capsys.readouterr().out
+    assert [w["mean"] for w in json.loads(out.read_text())["vclr/num_pseudo"][str(run)]] == [
+        0.0, 1.0, 2.0]
+    # errors name the file, the line, the key
+    assert tool.main([str(run), "--key", "loss_nope"]) == 1
+    assert "'loss_nope': logged by none" in capsys.readouterr().err
+    (run / "metrics.json").write_text('{"iteration": 0, "a": 1}\n{"iteration": 1,\n')
+    assert tool.main([str(run), "--key", "a"]) == 1
+    assert "metrics.json, line 2: not JSON" in capsys.readouterr().err
+    assert tool.main([str(tmp_path / "none"), "--key", "a"]) == 1
+    assert "none: no such metrics file" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--window must be positive, got 0"):
+        tool.window_means([{"iteration": 0, "a": 1}], "a", 0)
