@@ -161,6 +161,12 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
     text = only.read_text()
     assert "Not run yet: (m) seed 0" in text and "| (a) known-class" in text
     assert "| (m)" not in text and not (tmp_path / "runs" / "m_seed0").exists()
+    assert "The runs trained on" not in text  # all of them here
+    record = tmp_path / "runs" / "a_seed0" / "run.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "machine": "CPU X"}))
+    assert _tool("ablation").main(["--rows", "a", "--seeds", "0", "--report-only", "--output",
+                                   str(tmp_path / "runs"), "--report", str(only), *opts]) == 0
+    assert "The runs trained on CPU X (1 run). " in only.read_text()
     with pytest.raises(SystemExit):
         _tool("ablation").main(["--rows", "z"])
     assert "unknown rows ['z']" in capsys.readouterr().err

@@ -27,6 +27,7 @@ import os
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,12 @@ def build_report(records: dict, command: str, wall: float | None, machine: str,
     from vclr_d2.engine.report import markdown_table, paired_differences, summarize
 
     seeds = sorted({r["seed"] for runs in records.values() for r in runs})
+    # float results differ between CPU kinds: name where the runs trained when it is not here
+    trained = Counter(r.get("machine") or machine for runs in records.values() for r in runs)
+    elsewhere = ("" if set(trained) == {machine} else
+                 "The runs trained on " + "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})"
+                                          for m, n in trained.items())
+                 + ". ")
     serial = sum(r["train_seconds"] + r["eval_seconds"] for runs in records.values()
                  for r in runs)
     lines = [
@@ -56,7 +63,7 @@ def build_report(records: dict, command: str, wall: float | None, machine: str,
         + (f"wall-clock {wall / 60:.1f} min on {machine} (runs read back from an earlier "
            f"invocation count 0; " if wall is not None else
            f"report of the runs made so far on {machine} (")
-        + f"the runs' own times add up to {serial / 60:.0f} min). "
+        + f"the runs' own times add up to {serial / 60:.0f} min). " + elsewhere
         + (f"**Not run yet: {', '.join(missing)}** (their rows average fewer seeds). "
            if missing else "") +
         "Class-agnostic AR in percent of the EMA teacher (the student for (m)) on "
