@@ -175,7 +175,11 @@ def test_voc_r50_config_loads_converted_weights_and_sees_what_torchvision_saw(
         std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
         theirs = _tv_features(tv_r50, ((image.float() / 255 - mean) / std)[None])
     for name in STAGES:
-        torch.testing.assert_close(ours[name], theirs[name], atol=1e-4, rtol=1e-4)
+        # equal up to float rounding, which grows with the depth and the features' scale (up to
+        # ~200 at res5 with these random norms) and with the CPU's kernels: within 1e-5 of the
+        # stage's largest value (a conversion error is of the order of the values themselves)
+        scale = theirs[name].abs().max().item()
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-5 * scale, rtol=0)
     # the head reads P3-P7, the mask branch P3-P5
     shapes = model.backbone.output_shape()
     assert {k: v.stride for k, v in shapes.items()} == {
