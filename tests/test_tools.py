@@ -639,7 +639,9 @@ def test_metrics_table_means_per_window(tmp_path, capsys):
     assert "| 0-9 | 10-19 | 20-25 |" in capsys.readouterr().out
     assert [w["mean"] for w in json.loads(out.read_text())["vclr/num_pseudo"][str(run)]] == [
         0.0, 1.0, 2.0]
-    # errors name the file, the line, the key
+    # errors name the file, the line, the key, the value
+    assert tool.main([str(run), "--key", "vclr/num_pseudo", "--start", "30"]) == 1
+    assert "--start 30 is after the last iteration 25" in capsys.readouterr().err
     assert tool.main([str(run), "--key", "loss_nope"]) == 1
     assert "'loss_nope': logged by none" in capsys.readouterr().err
     (run / "metrics.json").write_text('{"iteration": 0, "a": 1}\n{"iteration": 1,\n')

@@ -86,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         steps = {str(r): read_metrics(r) for r in args.runs}
+        end = args.end if args.end is not None else max(
+            (s["iteration"] for run in steps.values() for s in run), default=args.start)
+        if args.start > end:
+            raise InputError(f"--start {args.start} is after the last iteration {end}")
         result = {}
         for key in args.key:
             if not any(key in s for run in steps.values() for s in run):
                 raise InputError(f"--key {key!r}: logged by none of {list(steps)}")
-            end = args.end if args.end is not None else max(
-                s["iteration"] for run in steps.values() for s in run)
             table = {r: window_means(run, key, args.window, args.start, end)
                      for r, run in steps.items()}
             result[key] = {r: [{"first": a, "last": b, "mean": None if math.isnan(m) else m}
