@@ -651,3 +651,50 @@ def test_metrics_table_means_per_window(tmp_path, capsys):
     assert "none: no such metrics file" in capsys.readouterr().err
     with pytest.raises(InputError, match="--window must be positive, got 0"):
         tool.window_means([{"iteration": 0, "a": 1}], "a", 0)
+
+
+def test_plot_curves_means_per_evaluation_and_draws_them(tmp_path, capsys):
+    tool = _tool("plot_curves")
+    assert tool.row_of(tmp_path / "i5600" / "b_seed2") == "i5600/b"
+    assert tool.row_of(tmp_path / "x" / "demo" / "metrics.json") == "x/demo"
+    assert tool.key_title("bbox/AR@100_unseen") == "novel box AR@100"
+    assert tool.key_title("segm/AR@10_seen") == "known mask AR@10"
+    assert tool.key_title("vclr/num_pseudo") == "vclr/num_pseudo"
+
+    def run(parent, name, evals, last_step=39):
+        folder = tmp_path / parent / name
+        folder.mkdir(parents=True)
+        lines = [{"iteration": i, "lr": 0.001, "total_loss": 1.0} for i in range(19, 40, 20)]
+        lines += [{"iteration": i, "bbox/AR@100_unseen": v} for i, v in evals.items()]
+        (folder / "metrics.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return str(folder)
+
+    # periodic evaluations after steps 19 (20 done); the last one after training, logged at 40
+    b = [run("p", f"b_seed{s}", {19: 10.0 + s, 40: 20.0 + 2 * s}) for s in range(3)]
+    a = [run("p", "a_seed0", {19: 5.0})]
+    assert tool.values_by_iteration(tool.read_metrics(b[1]), "bbox/AR@100_unseen") == {
+        20: 11.0, 40: 22.0}
+    table = tool.curves({"p/b": {r: tool.read_metrics(r) for r in b}}, "bbox/AR@100_unseen")
+    assert table["p/b"] == [(20, 11.0, 1.0, 3), (40, 22.0, 2.0, 3)]
+    png = tmp_path / "curves.png"
+    assert tool.main([*b, *a, "--key", "bbox/AR@100_unseen", "--label", "p/b=(b)",
+                      "--output", str(png), "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| (b) | 3 | 11.0 ± 1.0 | 22.0 ± 2.0 |" in out
+    assert "| p/a | 1 | 5.0 | - |" in out  # one run: no sd; no value at 40
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cv2.imread(str(png)).shape == (380, 500, 3)  # one panel, 5.0 x 3.8 in at 100 dpi
+    saved = json.loads((tmp_path / "c.json").read_text())["bbox/AR@100_unseen"]
+    assert saved["p/a"] == [{"iterations": 20, "mean": 5.0, "sd": None, "runs": 1}]
+    # errors name the key, run, row, label, file
+    assert tool.main([*a, "--key", "segm/AR@100"]) == 1
+    assert f"'segm/AR@100': {a[0]} logged no value" in capsys.readouterr().err
+    late = run("q", "c_seed1", {39: 1.0})
+    assert tool.main([run("q", "c_seed0", {19: 1.0}), late, "--key", "bbox/AR@100_unseen"]) == 1
+    assert "runs of row q/c" in capsys.readouterr().err
+    assert tool.main([*a, "--label", "p/z=(z)"]) == 1
+    assert "no row 'p/z'" in capsys.readouterr().err
+    assert tool.main([*a, "--label", "p/a"]) == 1
+    assert "expected ROW=TEXT" in capsys.readouterr().err
+    assert tool.main([*a, "--output", str(tmp_path / "c.txt")]) == 1
+    assert "c.txt: not a .png, .pdf or .svg file" in capsys.readouterr().err

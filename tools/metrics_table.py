@@ -18,39 +18,19 @@ a key no run ever logged, or a window that is not positive is an error naming it
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from vclr_d2.utils import HelpFormatter, InputError, run_tool, write_json  # noqa: E402
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The logged objects of one ``metrics.json`` (a run folder or the file itself), in order.
-
-    Raises:
-        InputError: no such file, or a line that is not a JSON object with an ``iteration``.
-    """
-    if path.is_dir():
-        path = path / "metrics.json"
-    if not path.is_file():
-        raise InputError(f"{path}: no such metrics file")
-    out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}, line {n}: not JSON ({e})") from None
-            if not isinstance(obj, dict) or "iteration" not in obj:
-                raise InputError(f"{path}, line {n}: not a logged step (no 'iteration')")
-            out.append(obj)
-    return out
+from vclr_d2.utils import (  # noqa: E402
+    HelpFormatter,
+    InputError,
+    read_metrics,
+    run_tool,
+    write_json,
+)
 
 
 def window_means(steps: list[dict], key: str, window: int, start: int = 0,

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["InputError", "datasets_root", "expand_datasets_root", "load_json", "write_json"]
+__all__ = ["InputError", "datasets_root", "expand_datasets_root", "load_json", "read_metrics",
+           "write_json"]
 
 
 class InputError(ValueError):
@@ -32,6 +33,34 @@ def load_json(path: str | os.PathLike, what: str):
                          f"column {e.colno}") from e
     except UnicodeDecodeError as e:
         raise InputError(f"{what} file {p} is not UTF-8 text JSON: {e}") from e
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The logged objects of one run's ``metrics.json`` (detectron2's ``JSONWriter``: one JSON
+    object per logging step, with ``"iteration"``), in order; ``path`` is the run folder or the
+    file itself.
+
+    Raises:
+        InputError: no such file, or a line that is not a JSON object with an ``iteration``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no such metrics file")
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}, line {n}: not JSON ({e})") from None
+            if not isinstance(obj, dict) or "iteration" not in obj:
+                raise InputError(f"{path}, line {n}: not a logged step (no 'iteration')")
+            out.append(obj)
+    return out
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
