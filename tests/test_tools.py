@@ -696,5 +696,9 @@ def test_plot_curves_means_per_evaluation_and_draws_them(tmp_path, capsys):
     assert "no row 'p/z'" in capsys.readouterr().err
     assert tool.main([*a, "--label", "p/a"]) == 1
     assert "expected ROW=TEXT" in capsys.readouterr().err
+    assert tool.main([*a, b[0], "--label", "p/a=p/b"]) == 1
+    assert "'p/b' names another row already" in capsys.readouterr().err
+    assert tool.main([*a, "--label", "p/a="]) == 1
+    assert "expected ROW=TEXT" in capsys.readouterr().err
     assert tool.main([*a, "--output", str(tmp_path / "c.txt")]) == 1
     assert "c.txt: not a .png, .pdf or .svg file" in capsys.readouterr().err

@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"--label {item!r}: expected ROW=TEXT")
             if old not in runs:
                 raise InputError(f"--label {item!r}: no row {old!r} among {list(runs)}")
+            if new in runs:
+                raise InputError(f"--label {item!r}: {new!r} names another row already")
             runs = {(new if k == old else k): v for k, v in runs.items()}
         tables = {key: curves(runs, key) for key in keys}
         for key, table in tables.items():
