@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,9 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
     assert rows[0].startswith("| (a) known-class ground truth") and rows[1].startswith("| (b)")
     data = json.loads(report.with_suffix(".json").read_text())
     assert sorted(data["runs"]) == ["a", "b"] and data["wall_seconds"] > 0
-    assert "(b) − (a) | novel box AR@100" in text
+    # one seed: the difference, and no "± 0.0" that would read as no spread
+    assert re.search(r"\| \(b\) − \(a\) \| novel box AR@100 \| ([+-]\d+\.\d) \| \1 \(one seed\) \|",
+                     text), text
     # runs one after the other in one process: each log holds its own run only
     first = (tmp_path / "runs" / "b_seed0" / "log.txt").read_text()
     assert "proposals.yaml" in first and "baseline.yaml" not in first

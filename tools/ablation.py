@@ -84,8 +84,9 @@ def build_report(records: dict, command: str, wall: float | None, machine: str,
             d = paired_differences(records[x], records[y], m)
             if d:
                 mean, sd = summarize(d)
+                spread = f" ± {sd:.1f}" if len(d) > 1 else " (one seed)"
                 lines.append(f"| ({x}) − ({y}) | {m} | {', '.join(f'{v:+.1f}' for v in d)} "
-                             f"| {mean:+.1f} ± {sd:.1f} |")
+                             f"| {mean:+.1f}{spread} |")
     lines += ["", "## Time per run (s, mean over seeds)", "",
               "| row | train + final evaluation | separate evaluation | threads |",
               "| --- | ---: | ---: | ---: |"]
