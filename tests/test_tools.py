@@ -661,7 +661,7 @@ def test_plot_curves_means_per_evaluation_and_draws_them(tmp_path, capsys):
     assert tool.key_title("segm/AR@10_seen") == "known mask AR@10"
     assert tool.key_title("vclr/num_pseudo") == "vclr/num_pseudo"
 
-    def run(parent, name, evals, last_step=39):
+    def run(parent, name, evals):
         folder = tmp_path / parent / name
         folder.mkdir(parents=True)
         lines = [{"iteration": i, "lr": 0.001, "total_loss": 1.0} for i in range(19, 40, 20)]
@@ -700,5 +700,8 @@ def test_plot_curves_means_per_evaluation_and_draws_them(tmp_path, capsys):
     assert "'p/b' names another row already" in capsys.readouterr().err
     assert tool.main([*a, "--label", "p/a="]) == 1
     assert "expected ROW=TEXT" in capsys.readouterr().err
+    text = run("q", "t_seed0", {19: "n/a"})
+    assert tool.main([text, "--key", "bbox/AR@100_unseen"]) == 1
+    assert f"{text} logged a value that is not a number" in capsys.readouterr().err
     assert tool.main([*a, "--output", str(tmp_path / "c.txt")]) == 1
     assert "c.txt: not a .png, .pdf or .svg file" in capsys.readouterr().err

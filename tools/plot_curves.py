@@ -66,8 +66,12 @@ def values_by_iteration(steps: list[dict], key: str) -> dict[int, float]:
     one past the last training step (the last line with ``lr``), and counts ``MAX_ITER``.
     """
     last_step = max((s["iteration"] for s in steps if "lr" in s), default=math.inf)
-    return {s["iteration"] + (s["iteration"] <= last_step): float(s[key])
-            for s in steps if key in s}
+    out = {}
+    for s in steps:
+        if key in s:
+            done = s["iteration"] + 1 if s["iteration"] <= last_step else s["iteration"]
+            out[done] = float(s[key])
+    return out
 
 
 def curves(runs: dict[str, dict[str, list[dict]]], key: str
@@ -84,7 +88,11 @@ def curves(runs: dict[str, dict[str, list[dict]]], key: str
     for row, members in runs.items():
         series = {}
         for run, steps in members.items():
-            series[run] = values_by_iteration(steps, key)
+            try:
+                series[run] = values_by_iteration(steps, key)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"--key {key!r}: {run} logged a value that is not a number "
+                                 f"({e})") from None
             if not series[run]:
                 raise InputError(f"--key {key!r}: {run} logged no value")
         common = sorted(set.intersection(*(set(s) for s in series.values())))
