@@ -705,3 +705,20 @@ def test_plot_curves_means_per_evaluation_and_draws_them(tmp_path, capsys):
     assert f"{text} logged a value that is not a number" in capsys.readouterr().err
     assert tool.main([*a, "--output", str(tmp_path / "c.txt")]) == 1
     assert "c.txt: not a .png, .pdf or .svg file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["metrics_table", "plot_curves"])
+def test_metrics_tools_reject_a_negative_or_fractional_digits(name, tmp_path, capsys):
+    tool = _tool(name)
+    run = tmp_path / "r_seed0"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"iteration": 9, "lr": 0.1, "a": 1.25}) + "\n")
+    with pytest.raises(SystemExit) as e:  # argparse's usage error, status 2, not a traceback
+        tool.main([str(run), "--key", "a", "--digits", "-1"])
+    assert e.value.code == 2
+    assert "argument --digits: -1 is negative; give 0 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main([str(run), "--key", "a", "--digits", "1.5"])
+    assert "argument --digits: '1.5' is not a whole number" in capsys.readouterr().err
+    assert tool.main([str(run), "--key", "a", "--digits", "0"]) == 0
+    assert "| 1 |" in capsys.readouterr().out  # 1.25 printed with no decimals

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from vclr_d2.utils import (  # noqa: E402
     HelpFormatter,
     InputError,
+    non_negative_int,
     read_metrics,
     run_tool,
     write_json,
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=350, help="iterations per window")
     parser.add_argument("--start", type=int, default=0, help="first iteration")
     parser.add_argument("--end", type=int, default=None, help="last iteration (inclusive)")
-    parser.add_argument("--digits", type=int, default=2, help="decimals printed")
+    parser.add_argument("--digits", type=non_negative_int, default=2, help="decimals printed")
     parser.add_argument("--output", type=Path, default=None, help="JSON file of the means")
     args = parser.parse_args(argv)
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from vclr_d2.utils import (  # noqa: E402
     HelpFormatter,
     InputError,
+    non_negative_int,
     read_metrics,
     run_tool,
     write_json,
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"logged value to plot (repeat for several; default {DEFAULT_KEYS})")
     parser.add_argument("--label", action="append", default=[], metavar="ROW=TEXT",
                         help="name a row in the table and the legend (repeat for several)")
-    parser.add_argument("--digits", type=int, default=1, help="decimals printed")
+    parser.add_argument("--digits", type=non_negative_int, default=1, help="decimals printed")
     parser.add_argument("--output", type=Path, default=None,
                         help="image file of the curves (.png, .pdf or .svg)")
     parser.add_argument("--json", type=Path, default=None, help="JSON file of the numbers")

@@ -5,10 +5,10 @@
   (``$DETECTRON2_DATASETS``, read in this one place);
 - ``cli``: ``HelpFormatter`` (the tool's docstring verbatim plus option defaults) and
   ``run_tool`` (a tool's ``main`` body with ``InputError`` turned into ``prog: error: ...``),
-  ``load_tool`` (``tools/<name>.py`` as a module).
+  ``non_negative_int`` (an argparse type), ``load_tool`` (``tools/<name>.py`` as a module).
 """
 
-from .cli import HelpFormatter, load_tool, run_tool
+from .cli import HelpFormatter, load_tool, non_negative_int, run_tool
 from .io import (
     InputError,
     datasets_root,
@@ -19,4 +19,4 @@ from .io import (
 )
 
 __all__ = ["HelpFormatter", "InputError", "datasets_root", "expand_datasets_root", "load_json",
-           "load_tool", "read_metrics", "run_tool", "write_json"]
+           "load_tool", "non_negative_int", "read_metrics", "run_tool", "write_json"]

@@ -11,7 +11,7 @@ from types import ModuleType
 
 from .io import InputError
 
-__all__ = ["TOOLS_DIR", "HelpFormatter", "load_tool", "run_tool"]
+__all__ = ["TOOLS_DIR", "HelpFormatter", "load_tool", "non_negative_int", "run_tool"]
 
 # tools/ of the source checkout this package is imported from (an editable install)
 TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
@@ -25,6 +25,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` for counts such as ``--digits``: ``"-1"`` is a usage error naming
+    the option and the value (argparse adds both), not a traceback later on."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
 
 
 def run_tool(prog: str, body: Callable[[], int | None]) -> int:
