@@ -179,14 +179,66 @@ def test_gpu_ablation_script_needs_the_runs_folder(tmp_path):
     assert r.returncode == 2 and "name the runs' folder with --output" in r.stderr
 
 
+def _gpu_variants(tmp_path, text: str) -> subprocess.CompletedProcess:
+    (tmp_path / "variants.txt").write_text(text)
+    env = {**os.environ, "PYTHON": sys.executable, "MPS": "0",
+           "DETECTRON2_DATASETS": str(tmp_path / "datasets")}
+    return subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_variants.sh"), str(tmp_path / "out"), "0",
+         str(tmp_path / "variants.txt")], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_gpu_variants_script_runs_each_line_with_its_own_quoted_overrides(tmp_path):
+    import shlex
+    import tarfile
+
+    common = ["--seeds", "0", "--jobs", "1", "--threads", "1"]
+    lines = {"plain": ["--rows", "a", *common, "--output", str(tmp_path / "runs" / "plain"),
+                       *_TINY_ABLATION],
+             "steps": ["--rows", "a", *common, "--output", str(tmp_path / "runs" / "steps"),
+                       *_TINY_ABLATION, "SOLVER.STEPS", "(5, 6)"]}
+    text = "# a comment, then a blank line\n\n" + "".join(
+        f"{name} {shlex.join(args)}\n" for name, args in lines.items())
+    r = _gpu_variants(tmp_path, text)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gpu_variants.sh: plain exit status 0" in r.stdout
+    assert "gpu_variants.sh: steps exit status 0" in r.stdout
+    with tarfile.open(tmp_path / "out" / "variants.tgz") as t:
+        names = set(t.getnames())
+        assert {"plain.log", "steps.log", "plain/runs.tgz", "steps/runs.tgz"} <= names
+        for name, args in lines.items():
+            inner = tarfile.open(fileobj=t.extractfile(f"{name}/runs.tgz"))
+            record = json.load(inner.extractfile(next(
+                m for m in inner.getmembers() if m.name.endswith("a_seed0/run.json"))))
+            # the quoted value with spaces reached the ablation as one argument
+            assert record["opts"] == args[args.index("--output") + 2:]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("# nothing but comments\n\n", "no variant in"),
+    ("b --rows b --output 'unclosed\n", "line 1 is not 'NAME ABLATION_ARGS...'"),
+    ("b\n", "line 1 is not 'NAME ABLATION_ARGS...'"),
+    ("b/x --rows b --output o\n", "bad variant name 'b/x' on line 1"),
+    ("b --rows b --output o\n# c\nb --rows b --output p\n", "variant 'b' twice in"),
+])
+def test_gpu_variants_script_checks_every_line_before_it_starts(tmp_path, text, message):
+    r = _gpu_variants(tmp_path, text)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()  # nothing installed or started
+
+
 def test_gpu_scripts_name_the_missing_wheel_folder(tmp_path):
     # a Python that imports nothing and no wheels: both GPU scripts stop at set-up, saying why
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake), "WHEELS": str(tmp_path / "no_wheels")}
+    variants = tmp_path / "variants.txt"
+    variants.write_text("b --rows b --output runs\n")
     for cmd in (["gpu_check.sh", str(tmp_path)],
-                ["gpu_ablation.sh", str(tmp_path), "0", "--output", str(tmp_path / "runs")]):
+                ["gpu_ablation.sh", str(tmp_path), "0", "--output", str(tmp_path / "runs")],
+                ["gpu_variants.sh", str(tmp_path / "out"), "0", str(variants)]):
         r = subprocess.run(["bash", str(ROOT / "tools" / cmd[0]), *cmd[1:]], env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (cmd, r.stderr)
