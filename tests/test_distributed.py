@@ -228,6 +228,16 @@ def test_gpu_variants_script_checks_every_line_before_it_starts(tmp_path, text, 
     assert not (tmp_path / "out").exists()  # nothing installed or started
 
 
+def test_gpu_variants_script_names_a_bad_deadline(tmp_path):
+    (tmp_path / "variants.txt").write_text("b --rows b --output o\n")
+    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_variants.sh"), str(tmp_path / "out"),
+                        "8min", str(tmp_path / "variants.txt")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "SECONDS must be a whole number of seconds, got '8min'" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_gpu_scripts_name_the_missing_wheel_folder(tmp_path):
     # a Python that imports nothing and no wheels: both GPU scripts stop at set-up, saying why
     fake = tmp_path / "python"

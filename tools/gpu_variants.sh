@@ -21,6 +21,7 @@ OUT_DIR=$1
 LIMIT=$2
 VARIANTS=$3
 [[ -f $VARIANTS ]] || { echo "gpu_variants.sh: no variants file $VARIANTS" >&2; exit 2; }
+[[ $LIMIT =~ ^[0-9]+$ ]] || { echo "gpu_variants.sh: SECONDS must be a whole number of seconds, got '$LIMIT'" >&2; exit 2; }
 # every line is read and checked before the first variant starts
 lines=()
 names=()
