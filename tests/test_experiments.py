@@ -101,9 +101,28 @@ def test_every_row_config_builds_and_the_rows_differ_as_documented(tmp_path, opt
     assert not cfgs["c"].MODEL.VCLR.SIM_ON and cfgs["d"].MODEL.VCLR.SIM_ON
     assert cfgs["e"].MODEL.VCLR.PSEUDO_LABELS.ENABLED and cfgs["e"].INPUT.VIEWS.TEACHER == "depth"
     assert list(cfgs["e"].INPUT.VIEWS.NAMES) == ["natural", "depth"]
+    assert list(cfgs["f"].INPUT.VIEWS.NAMES) == ["natural", "depth", "style"]
+    assert cfgs["f"].MODEL.VCLR.PSEUDO_LABELS.SCORE_WEIGHT == 0.0
+    assert cfgs["f"].MODEL.VCLR.RANDOM_ERASE_PROB == 0 and cfgs["f"].MODEL.VCLR.SIM_ON
     assert cfgs["m"].MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
     assert not cfgs["m"].INPUT.LOAD_PROPOSALS
     assert len({c.SOLVER.MAX_ITER for c in cfgs.values()}) == 1  # same schedule everywhere
+
+
+def test_row_f_is_row_e_with_the_overrides_its_5600_iteration_run_was_made_with(tmp_path, opts):
+    # docs/experiments.md ran (f) as row (e) with these overrides before it had a config file;
+    # the file must give the same run, so that its numbers are (f)'s
+    overrides = ["INPUT.VIEWS.NAMES", "['natural', 'depth', 'style']",
+                 "INPUT.VIEWS.PROBS", "[0.3333333333, 0.3333333333, 0.3333333333]",
+                 "INPUT.VIEWS.DIRS", "['', '{split}_depth', '{split}_style']",
+                 "INPUT.VIEWS.EXTS", "['', '.png', '.png']",
+                 "MODEL.VCLR.PSEUDO_LABELS.SCORE_WEIGHT", "0.0"]
+    e = experiment_cfg(str(ROOT / "configs" / ROWS["e"].config), 0, str(tmp_path),
+                       opts + overrides)
+    f = experiment_cfg(str(ROOT / "configs" / ROWS["f"].config), 0, str(tmp_path), opts)
+    assert f.dump() == e.dump()
+    assert f.dump() != experiment_cfg(str(ROOT / "configs" / ROWS["e"].config), 0,
+                                      str(tmp_path), opts).dump()
 
 
 def test_table_and_paired_differences():

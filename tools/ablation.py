@@ -9,6 +9,8 @@ Rows (configs under configs/synthetic/, see vclr_d2/engine/experiments.py):
   (c) views.yaml      (b) + views and student augmentations
   (d) vclr.yaml       (c) + L_sim = v-CLR
   (e) vclr_plus.yaml  (b) + natural/depth views + L_sim, the depth-view teacher's pseudo-labels
+  (f) vclr_plus_views.yaml  (d) without student augmentations + the depth-view teacher's
+                      pseudo-labels with score weight 0 (the best row with 5600 iterations)
   (m) mask_rcnn.yaml  detectron2's Mask R-CNN on the data of (a) (yardstick)
 
 Each run trains into <output>/<row>_seed<seed>/ and writes run.json there; a run whose run.json
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = [f"{o} {t} AR@{k}" for o in ("known", "novel") for t in ("box", "mask")
            for k in (10, 100)]
 # (minuend, subtrahend) pairs the issue's targets are stated on
-DIFFS = [("d", "a"), ("d", "b"), ("e", "b"), ("d", "c"), ("b", "a"), ("a", "m")]
+DIFFS = [("d", "a"), ("d", "b"), ("e", "b"), ("f", "b"), ("d", "c"), ("b", "a"), ("a", "m")]
 
 
 def build_report(records: dict, command: str, wall: float | None, machine: str,
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--rows", nargs="+", default=["a", "b", "c", "d", "e", "m"],
+    parser.add_argument("--rows", nargs="+", default=["a", "b", "c", "d", "e", "f", "m"],
                         help="rows to run (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     default_output = str(ROOT / "output" / "ablation")

@@ -59,6 +59,9 @@ ROWS: dict[str, Row] = {r.key: r for r in (
     Row("e", "synthetic/vclr_plus.yaml",
         "(b) + natural/depth views + L_sim, the teacher on the depth view making "
         "pseudo-labels"),
+    Row("f", "synthetic/vclr_plus_views.yaml",
+        "(d) without student augmentations + the depth-view teacher's pseudo-labels, score "
+        "weight 0"),
     Row("m", "synthetic/mask_rcnn.yaml",
         "detectron2 Mask R-CNN, same backbone and data as (a) (yardstick)"),
 )}
