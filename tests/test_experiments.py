@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -192,3 +193,17 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
     with pytest.raises(SystemExit):
         _tool("ablation").main(["--rows", "z"])
     assert "unknown rows ['z']" in capsys.readouterr().err
+
+
+def test_machine_names_the_cpu_generation_and_torch_kernels(tmp_path):
+    from vclr_d2.engine.experiments import machine
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: Other\n")
+    tail = (f"{torch.backends.cpu.get_cpu_capability()} kernels), {os.cpu_count()} cores, "
+            f"torch {torch.__version__}")
+    assert machine(str(info)) == f"AMD EPYC (family 25, model 1, {tail}"
+    info.write_text("model name\t: Some CPU\n")
+    assert machine(str(info)) == f"Some CPU ({tail}"

@@ -100,17 +100,32 @@ def openworld_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, f
     return out
 
 
-def machine() -> str:
-    """A short description of this machine: CPU model, core count, torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+def machine(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """A short description of this machine: CPU model with its family and model numbers, the
+    instruction set of torch's CPU kernels, core count, torch version.
+
+    Runs of one seed repeat bit for bit only on CPUs that agree on all of these: two machines
+    sold under the same model name (e.g. "AMD EPYC") can differ in generation and in the
+    kernels torch picks (AVX2 or AVX512), and so in a run's last digits and its speed.
+    """
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():  # the first processor's block is enough
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = fields.get("model name", cpu)
+    kind = [f"family {fields['cpu family']}, model {fields['model']}"] if (
+        "cpu family" in fields and "model" in fields) else []
+    kind.append(f"{torch.backends.cpu.get_cpu_capability()} kernels")
+    return f"{cpu} ({', '.join(kind)}), {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _read_run_file(path: str, what: str, load, error: type[Exception]):
