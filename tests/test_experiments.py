@@ -183,6 +183,7 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
                                    *opts]) == 0
     text = only.read_text()
     assert "Not run yet: (m) seed 0" in text and "| (a) known-class" in text
+    assert "Seeds 0; `--report-only` report of the finished runs, written on " in text
     assert "| (m)" not in text and not (tmp_path / "runs" / "m_seed0").exists()
     assert "The runs trained on" not in text  # all of them here
     record = tmp_path / "runs" / "a_seed0" / "run.json"

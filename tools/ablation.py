@@ -64,7 +64,7 @@ def build_report(records: dict, command: str, wall: float | None, machine: str,
         f"Seeds {', '.join(map(str, seeds))}; "
         + (f"wall-clock {wall / 60:.1f} min on {machine} (runs read back from an earlier "
            f"invocation count 0; " if wall is not None else
-           f"report of the runs made so far on {machine} (")
+           f"`--report-only` report of the finished runs, written on {machine} (")
         + f"the runs' own times add up to {serial / 60:.0f} min). " + elsewhere
         + (f"**Not run yet: {', '.join(missing)}** (their rows average fewer seeds). "
            if missing else "") +
