@@ -9,7 +9,8 @@ Rows (configs under configs/synthetic/, see vclr_d2/engine/experiments.py):
   (c) views.yaml      (b) + views and student augmentations
   (d) vclr.yaml       (c) + L_sim = v-CLR
   (e) vclr_plus.yaml  (b) + natural/depth views + L_sim, the depth-view teacher's pseudo-labels
-  (f) vclr_plus_views.yaml  (d) without student augmentations + the depth-view teacher's
+  (f) vclr_plus_views.yaml
+                      (d) without student augmentations + the depth-view teacher's
                       pseudo-labels with score weight 0 (the best row with 5600 iterations)
   (m) mask_rcnn.yaml  detectron2's Mask R-CNN on the data of (a) (yardstick)
 
