@@ -196,6 +196,25 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
     assert "unknown rows ['z']" in capsys.readouterr().err
 
 
+def test_ablation_report_counts_short_machine_names_with_the_detailed_one():
+    from collections import Counter
+
+    where = _tool("ablation").where_trained
+    here = "AMD EPYC (family 25, model 1, AVX2 kernels), 2 cores, torch 2.1"
+    short = "AMD EPYC, 2 cores, torch 2.1"
+    assert where(Counter({here: 9}), here) == ""
+    assert where(Counter({short: 6, here: 9}), here) == (
+        f'6 runs were recorded as "{short}", the short form of this machine\'s name used before '
+        "run records gave the CPU family and torch's kernels. ")
+    # elsewhere: each name with its run count, a short name under the detailed one it shortens
+    intel = "Intel Xeon (family 6, model 85, AVX512 kernels), 2 cores, torch 2.1"
+    text = where(Counter({short: 2, here: 1, "CPU X": 1}), intel)
+    assert text.startswith(f"The runs trained on {here} (3 runs, 2 of them recorded as \"{short}\"")
+    assert text.endswith("; CPU X (1 run). ")
+    # a short name with no detailed form among the records or here stays as it is
+    assert where(Counter({short: 2}), intel) == f"The runs trained on {short} (2 runs). "
+
+
 def test_machine_names_the_cpu_generation_and_torch_kernels(tmp_path):
     from vclr_d2.engine.experiments import machine
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -41,6 +42,41 @@ METRICS = [f"{o} {t} AR@{k}" for o in ("known", "novel") for t in ("box", "mask"
 DIFFS = [("d", "a"), ("d", "b"), ("e", "b"), ("f", "b"), ("d", "c"), ("b", "a"), ("a", "m")]
 
 
+def _runs(n: int) -> str:
+    return f"{n} run{'s' if n > 1 else ''}"
+
+
+def where_trained(trained: Counter, here: str) -> str:
+    """The report's sentence on where the runs trained, empty when all of them trained here.
+
+    Run records made before ``machine()`` named the CPU family, model and torch's kernels hold
+    the same name without its parenthesised part ("AMD EPYC, 2 cores, torch 2.14.1"); such a
+    name is counted with the detailed one it is the short form of (this machine's first) and
+    quoted, since it cannot tell two CPU generations of one model name apart.
+    """
+    def short(name: str) -> str:
+        return re.sub(r" \([^)]*\)", "", name)
+
+    detailed = [m for m in dict.fromkeys([here, *trained]) if "(" in m]
+    groups: dict[str, list] = {}  # name -> [runs, {short name recorded: runs}]
+    for name, n in trained.items():
+        target = next((d for d in detailed if "(" not in name and short(d) == name), name)
+        group = groups.setdefault(target, [0, {}])
+        group[0] += n
+        if target != name:
+            group[1][name] = n
+    since = "used before run records gave the CPU family and torch's kernels"
+    if set(groups) == {here}:
+        return "".join(f"{_runs(k)} {'was' if k == 1 else 'were'} recorded as \"{old}\", the "
+                       "short form of this "
+                       f"machine's name {since}. " for old, k in groups[here][1].items())
+    return "The runs trained on " + "; ".join(
+        f"{name} ({_runs(n)}"
+        + "".join(f", {k} of them recorded as \"{old}\", the short form of that name {since}"
+                  for old, k in olds.items()) + ")"
+        for name, (n, olds) in groups.items()) + ". "
+
+
 def build_report(records: dict, command: str, wall: float | None, machine: str,
                  missing: list[str] = ()) -> str:
     from vclr_d2.engine.experiments import ROWS
@@ -49,10 +85,7 @@ def build_report(records: dict, command: str, wall: float | None, machine: str,
     seeds = sorted({r["seed"] for runs in records.values() for r in runs})
     # float results differ between CPU kinds: name where the runs trained when it is not here
     trained = Counter(r.get("machine") or machine for runs in records.values() for r in runs)
-    elsewhere = ("" if set(trained) == {machine} else
-                 "The runs trained on " + "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})"
-                                          for m, n in trained.items())
-                 + ". ")
+    elsewhere = where_trained(trained, machine)
     serial = sum(r["train_seconds"] + r["eval_seconds"] for runs in records.values()
                  for r in runs)
     lines = [
