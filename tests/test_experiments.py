@@ -191,6 +191,13 @@ def test_ablation_writes_the_report_and_its_json(tmp_path, opts, capsys):
     assert _tool("ablation").main(["--rows", "a", "--seeds", "0", "--report-only", "--output",
                                    str(tmp_path / "runs"), "--report", str(only), *opts]) == 0
     assert "The runs trained on CPU X (1 run). " in only.read_text()
+    # a report of runs made with other overrides or threads than its command says: refused
+    made = json.loads(record.read_text())["threads"]
+    for other in (["--threads", str(made + 1), *opts], opts[:-2]):
+        with pytest.raises(SystemExit):
+            _tool("ablation").main(["--rows", "a", "--seeds", "0", "--report-only", "--output",
+                                    str(tmp_path / "runs"), "--report", str(only), *other])
+        assert "a_seed0/run.json was made with {'opts': [" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _tool("ablation").main(["--rows", "z"])
     assert "unknown rows ['z']" in capsys.readouterr().err

@@ -192,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         missing = [f"({Path(o).name.split('_seed')[0]}) seed {s}" for c, s, o in runs
                    if (c, s, o) not in done]
         results = [json.loads(Path(o, "run.json").read_text()) for _, _, o in done]
+        # the report prints this command as the one that made the runs: it must be
+        for (_, _, o), rec in zip(done, results):
+            made = {"opts": rec.get("opts"), "threads": rec.get("threads")}
+            asked = {"opts": list(args.opts), "threads": args.threads or made["threads"]}
+            if made != asked:
+                parser.error(f"{Path(o, 'run.json')} was made with {made}, not the {asked} of "
+                             "this command: give the run's --threads and overrides, or "
+                             "another --output")
         records = {r: [rec for (c, s, o), rec in zip(done, results)
                        if o.endswith(f"/{r}_seed{s}")] for r in ROWS if r in args.rows}
         records = {k: v for k, v in records.items() if v}
