@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="KEY VALUE config overrides applied to every row")
     args = parser.parse_args(argv)
 
-    from vclr_d2.engine.experiments import ROWS, machine, run_rows
+    from vclr_d2.engine.experiments import ROWS, machine, read_run_record, run_rows
 
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -188,18 +188,20 @@ def main(argv: list[str] | None = None) -> int:
               f"AR@100 {m['novel box AR@100']:.1f} ({record['train_seconds']:.0f} s)", flush=True)
 
     if args.report_only:
-        done = [r for r in runs if os.path.isfile(os.path.join(r[2], "run.json"))]
+        # each record checked to be of the run this command names (config, seed, overrides;
+        # the threads too): the report prints the command as the one that made them
+        try:
+            found = [(run, read_run_record(*run, args.opts)) for run in runs]
+        except ValueError as e:
+            parser.error(str(e))
+        done = [run for run, rec in found if rec is not None]
+        results = [rec for _, rec in found if rec is not None]
         missing = [f"({Path(o).name.split('_seed')[0]}) seed {s}" for c, s, o in runs
                    if (c, s, o) not in done]
-        results = [json.loads(Path(o, "run.json").read_text()) for _, _, o in done]
-        # the report prints this command as the one that made the runs: it must be
         for (_, _, o), rec in zip(done, results):
-            made = {"opts": rec.get("opts"), "threads": rec.get("threads")}
-            asked = {"opts": list(args.opts), "threads": args.threads or made["threads"]}
-            if made != asked:
-                parser.error(f"{Path(o, 'run.json')} was made with {made}, not the {asked} of "
-                             "this command: give the run's --threads and overrides, or "
-                             "another --output")
+            if args.threads and rec.get("threads") != args.threads:
+                parser.error(f"{Path(o, 'run.json')} was made with {rec.get('threads')} threads, "
+                             f"not the --threads {args.threads} of this command")
         records = {r: [rec for (c, s, o), rec in zip(done, results)
                        if o.endswith(f"/{r}_seed{s}")] for r in ROWS if r in args.rows}
         records = {k: v for k, v in records.items() if v}

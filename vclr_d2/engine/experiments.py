@@ -31,7 +31,7 @@ from detectron2.utils.env import seed_all_rng
 from .setup import get_vclr_cfg, load_cfg
 
 __all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "machine", "openworld_metrics",
-           "run_row", "run_rows"]
+           "read_run_record", "run_row", "run_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,31 @@ def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
             for k in keys if then.get(k, "<absent>") != now.get(k, "<absent>")]
 
 
+def read_run_record(config_file: str, seed: int, output_dir: str,
+                    opts: Sequence[str] = ()) -> dict | None:
+    """The record ``<output_dir>/run.json`` of the run ``config_file`` + ``opts``, ``seed``;
+    None when the run has none yet. A record of another run (config, seed or overrides), one
+    whose saved ``config.yaml`` differs from what they give now, or an unreadable one is a
+    ValueError naming the file."""
+    record_file = os.path.join(output_dir, "run.json")
+    if not os.path.isfile(record_file):
+        return None
+    record = _read_run_file(record_file, "run record", json.load, json.JSONDecodeError)
+    wanted = {"config": config_file, "seed": seed, "opts": list(opts)}
+    found = {k: record.get(k) for k in wanted}
+    if found != wanted:
+        raise ValueError(f"{record_file} is the record of another run ({found}, not "
+                         f"{wanted}); delete the folder or choose another output")
+    changed = _config_changes(os.path.join(output_dir, "config.yaml"),
+                              experiment_cfg(config_file, seed, output_dir, opts))
+    if changed:
+        raise ValueError(f"{record_file} was trained with another config than {config_file} "
+                         f"+ opts gives now (key: then -> now): {'; '.join(changed[:8])}"
+                         f"{' ...' if len(changed) > 8 else ''}; delete the folder to train "
+                         "the run again, or choose another output")
+    return record
+
+
 def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = (),
             threads: int | None = None) -> tuple[dict, object]:
     """Train (or read back) and evaluate one run.
@@ -190,22 +215,9 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
     if threads:
         torch.set_num_threads(threads)
 
-    record_file = os.path.join(output_dir, "run.json")
-    if os.path.isfile(record_file):
-        record = _read_run_file(record_file, "run record", json.load, json.JSONDecodeError)
-        wanted = {"config": config_file, "seed": seed, "opts": list(opts)}
-        found = {k: record.get(k) for k in wanted}
-        if found != wanted:
-            raise ValueError(f"{record_file} is the record of another run ({found}, not "
-                             f"{wanted}); delete the folder or choose another output")
-        changed = _config_changes(os.path.join(output_dir, "config.yaml"),
-                                  experiment_cfg(config_file, seed, output_dir, opts))
-        if changed:
-            raise ValueError(f"{record_file} was trained with another config than {config_file} "
-                             f"+ opts gives now (key: then -> now): {'; '.join(changed[:8])}"
-                             f"{' ...' if len(changed) > 8 else ''}; delete the folder to train "
-                             "the run again, or choose another output")
-        logger.info(f"{record_file} exists: reusing it (delete the folder to train again)")
+    record = read_run_record(config_file, seed, output_dir, opts)
+    if record is not None:
+        logger.info(f"{output_dir}/run.json exists: reusing it (delete the folder to train again)")
         return record, None
     logger.info(f"run: {config_file}, seed {seed}, {torch.get_num_threads()} threads -> "
                 f"{output_dir}")
@@ -231,7 +243,7 @@ def run_row(config_file: str, seed: int, output_dir: str, opts: Sequence[str] = 
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
-    with open(record_file, "w") as f:
+    with open(os.path.join(output_dir, "run.json"), "w") as f:
         json.dump(record, f, indent=1)
     return record, trainer.model
 
