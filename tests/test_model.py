@@ -1,5 +1,7 @@
 """The VCLR meta-architecture and its dense head, on a tiny convnext_atto model."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -193,6 +195,95 @@ def test_centred_sim_loss_ignores_a_shared_direction(model_cfg):
     same = SimpleNamespace(embeddings=teacher.embeddings.clone())
     assert centred.sim_loss(same, teacher, matches, matches, [2]).item() == pytest.approx(
         0.0, abs=1e-6)
+
+
+def _reference_cosine_sim_loss(emb_s, emb_t, s_matches, t_matches, num_targets):
+    """The paper's L_sim as the first release computed it, image by image."""
+    terms = []
+    for i, ((s_idx, s_tgt), (t_idx, t_tgt), k) in enumerate(
+            zip(s_matches, t_matches, num_targets)):
+        q_t = torch.nn.functional.normalize(emb_t[i, t_idx], dim=-1)
+        mean_t = torch.zeros(k, q_t.shape[1]).index_add_(0, t_tgt, q_t)
+        has_t = torch.zeros(k, dtype=torch.bool)
+        has_t[t_tgt] = True
+        keep = has_t[s_tgt]
+        terms.append(1 - torch.nn.functional.cosine_similarity(
+            emb_s[i, s_idx[keep]], mean_t[s_tgt[keep]], dim=-1))
+    return torch.cat(terms).sum() / sum(len(t) for t in terms)
+
+
+def _two_image_batch():
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    student = SimpleNamespace(embeddings=torch.randn(2, 30, 8, generator=g))
+    teacher = SimpleNamespace(embeddings=torch.randn(2, 30, 8, generator=g))
+    # image 0: 3 targets, the teacher matched 0 and 2; image 1: 2 targets, both matched
+    s_matches = [(torch.tensor([1, 4, 7, 9]), torch.tensor([0, 1, 2, 2])),
+                 (torch.tensor([0, 3, 5]), torch.tensor([1, 0, 1]))]
+    t_matches = [(torch.tensor([2, 6, 8]), torch.tensor([0, 2, 2])),
+                 (torch.tensor([11, 12]), torch.tensor([0, 1]))]
+    return student, teacher, s_matches, t_matches, [3, 2]
+
+
+def test_cosine_sim_loss_equals_the_per_image_reference(model_cfg):
+    from vclr_d2.modeling.criterion import VCLRCriterion
+
+    student, teacher, s_m, t_m, k = _two_image_batch()
+    criterion = VCLRCriterion(model_cfg)
+    assert criterion.sim_form == "cosine"
+    got = criterion.sim_loss(student, teacher, s_m, t_m, k)
+    # bit for bit: runs made before SIM_FORM existed repeat unchanged
+    assert torch.equal(got, _reference_cosine_sim_loss(student.embeddings, teacher.embeddings,
+                                                       s_m, t_m, k))
+
+
+def test_contrastive_sim_loss_values_and_shared_direction(model_cfg):
+    from types import SimpleNamespace
+
+    from vclr_d2.modeling.criterion import VCLRCriterion
+
+    model_cfg.MODEL.VCLR_LOSS.SIM_FORM = "contrastive"
+    model_cfg.MODEL.VCLR_LOSS.SIM_TEMPERATURE = 0.5
+    criterion = VCLRCriterion(model_cfg)
+    student, teacher, s_m, t_m, k = _two_image_batch()
+    # by hand: 4 prototypes (image 0: targets 0, 2; image 1: targets 0, 1); the student's
+    # location 4 of image 0 (target 1, unmatched by the teacher) is left out
+    F = torch.nn.functional
+    q_t0 = F.normalize(teacher.embeddings[0, [2, 6, 8]], dim=-1)
+    q_t1 = F.normalize(teacher.embeddings[1, [11, 12]], dim=-1)
+    protos = F.normalize(torch.stack([q_t0[0], q_t0[1] + q_t0[2], q_t1[0], q_t1[1]]), dim=-1)
+    q_s = F.normalize(torch.cat([student.embeddings[0, [1, 7, 9]],
+                                 student.embeddings[1, [0, 3, 5]]]), dim=-1)
+    expected = F.cross_entropy(q_s @ protos.T / 0.5, torch.tensor([0, 1, 1, 3, 2, 3]))
+    got = criterion.sim_loss(student, teacher, s_m, t_m, k)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+    # a large direction shared by every location: the cosine form is nearly satisfied although
+    # each student location carries another target's part; the contrastive form is not
+    eye = torch.eye(4)
+    teacher = SimpleNamespace(embeddings=(5 + eye)[None])
+    student = SimpleNamespace(embeddings=(5 + eye.roll(-1, dims=0))[None].requires_grad_())
+    matches = [(torch.arange(4), torch.arange(4))]
+    model_cfg.MODEL.VCLR_LOSS.SIM_FORM = "cosine"
+    assert VCLRCriterion(model_cfg).sim_loss(
+        student, teacher, matches, matches, [4]).item() == pytest.approx(1 / 111, abs=1e-6)
+    wrong = criterion.sim_loss(student, teacher, matches, matches, [4])
+    right = criterion.sim_loss(SimpleNamespace(embeddings=teacher.embeddings.clone()), teacher,
+                               matches, matches, [4])
+    # with parts that agree, the own prototype wins: lower than chance (log 4) and than wrong
+    assert right.item() < math.log(4) < wrong.item()
+    wrong.backward()
+    assert student.embeddings.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("key,value", [("SIM_FORM", "infonce"), ("SIM_TEMPERATURE", 0.0)])
+def test_sim_loss_rejects_bad_config(model_cfg, key, value):
+    from vclr_d2.modeling.criterion import VCLRCriterion
+
+    setattr(model_cfg.MODEL.VCLR_LOSS, key, value)
+    with pytest.raises(ValueError, match=f"MODEL.VCLR_LOSS.{key}"):
+        VCLRCriterion(model_cfg)
 
 
 def test_baseline_runs_no_teacher_and_has_no_sim_loss(model_cfg):

@@ -140,6 +140,12 @@ def _add_head_config(cfg: CN) -> None:
     # before the cosine of L_sim, so that a direction shared by every location cannot satisfy
     # it. Not in the paper (False = the paper's loss); see docs/demo.md.
     cfg.MODEL.VCLR_LOSS.SIM_CENTER = False
+    # Form of L_sim: "cosine" = mean(1 - cos(q_S, sg(q_T))) (the paper); "contrastive" =
+    # cross-entropy over the cosines of q_S with the teacher's embedding (prototype) of every
+    # target of the batch, divided by SIM_TEMPERATURE, its own target being the class (not in
+    # the paper: a direction shared by every location cannot satisfy it; docs/experiments.md).
+    cfg.MODEL.VCLR_LOSS.SIM_FORM = "cosine"
+    cfg.MODEL.VCLR_LOSS.SIM_TEMPERATURE = 0.2
     # lambda_match: multiplies (lambda_obj * L_obj + lambda_sim * L_sim).
     cfg.MODEL.VCLR_LOSS.MATCH_WEIGHT = 1.0
     # Soft proposal targets (CuVLER's self-training): the objectness loss of a location matched

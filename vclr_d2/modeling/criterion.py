@@ -127,6 +127,8 @@ class VCLRCriterion:
         obj_weight: float = 1.0,
         sim_weight: float = 1.0,
         sim_center: bool = False,
+        sim_form: str = "cosine",
+        sim_temperature: float = 0.2,
         match_weight: float = 1.0,
         quality: str = "none",
         mask_loss_stride: int = 4,
@@ -147,6 +149,12 @@ class VCLRCriterion:
         self.term_weight = {"gt": gt_weight, "obj": match_weight * obj_weight}
         self.sim_weight = match_weight * sim_weight
         self.sim_center = sim_center
+        if sim_form not in ("cosine", "contrastive"):
+            raise ValueError(f"MODEL.VCLR_LOSS.SIM_FORM={sim_form!r}: use cosine or contrastive")
+        if not sim_temperature > 0:
+            raise ValueError(f"MODEL.VCLR_LOSS.SIM_TEMPERATURE={sim_temperature}: must be > 0")
+        self.sim_form = sim_form
+        self.sim_temperature = sim_temperature
         self.quality = quality
         self.mask_loss_stride = mask_loss_stride
         self.max_masks_per_image = max_masks_per_image
@@ -170,6 +178,8 @@ class VCLRCriterion:
             "obj_weight": lo.OBJ_WEIGHT,
             "sim_weight": lo.SIM_WEIGHT,
             "sim_center": lo.SIM_CENTER,
+            "sim_form": lo.SIM_FORM,
+            "sim_temperature": lo.SIM_TEMPERATURE,
             "proposal_score_weighting": lo.PROPOSAL_SCORE_WEIGHTING,
             "match_weight": lo.MATCH_WEIGHT,
             "quality": cfg.MODEL.VCLR_HEAD.QUALITY,
@@ -339,15 +349,21 @@ class VCLRCriterion:
     ) -> torch.Tensor:
         """Weighted L_sim over student locations whose target the teacher also matched.
 
-        With ``sim_center``, each branch's embeddings are first centred on their mean over all
-        locations of the batch (a constant, no gradient), so that a component shared by every
-        location cannot make the cosine high by itself.
+        The teacher's side of a target is the mean of the normalised embeddings of the
+        locations the teacher matched to it (its prototype). ``sim_form`` "cosine" (the paper):
+        ``1 - cos(q_S, prototype of its target)``. "contrastive": cross-entropy of the cosines
+        of ``q_S`` with every prototype of the batch (this process's images), divided by
+        ``sim_temperature``, against its own target's: a direction shared by every location
+        raises all cosines alike and cannot lower it, unlike the cosine form's. With
+        ``sim_center``, each branch's embeddings are first centred on their mean over all
+        locations of the batch (a constant, no gradient).
         """
         emb_s, emb_t = student.embeddings.float(), teacher.embeddings.float()
         if self.sim_center:
             emb_s = emb_s - emb_s.detach().mean(dim=(0, 1))
             emb_t = emb_t - emb_t.mean(dim=(0, 1))
-        terms = []
+        q_s_all, proto_idx, protos = [], [], []
+        offset = 0
         for i, ((s_idx, s_tgt), (t_idx, t_tgt), k) in enumerate(
             zip(student_matches, teacher_matches, num_targets)
         ):
@@ -360,13 +376,23 @@ class VCLRCriterion:
             has_t[t_tgt] = True
             keep = has_t[s_tgt]
             if keep.any():
-                q_s = emb_s[i, s_idx[keep]]
-                terms.append(similarity_loss(q_s, mean_t[s_tgt[keep]]))
+                # prototypes of the targets the teacher matched, renumbered 0.. in the batch
+                rank = torch.cumsum(has_t.long(), 0) - 1
+                q_s_all.append(emb_s[i, s_idx[keep]])
+                proto_idx.append(rank[s_tgt[keep]] + offset)
+                protos.append(mean_t[has_t])
+                offset += int(has_t.sum())
         zero = student.embeddings.sum() * 0
-        num = mean_count_over_processes(sum(len(t) for t in terms), zero.device)
-        if not terms:
+        num = mean_count_over_processes(sum(len(q) for q in q_s_all), zero.device)
+        if not q_s_all:
             return zero
-        return self.sim_weight * torch.cat(terms).sum() / num + zero
+        q_s, idx, proto = torch.cat(q_s_all), torch.cat(proto_idx), torch.cat(protos)
+        if self.sim_form == "cosine":
+            terms = similarity_loss(q_s, proto[idx])
+        else:
+            logits = F.normalize(q_s, dim=-1) @ F.normalize(proto, dim=-1).detach().T
+            terms = F.cross_entropy(logits / self.sim_temperature, idx, reduction="none")
+        return self.sim_weight * terms.sum() / num + zero
 
 
 def build_vclr_criterion(cfg):
