@@ -237,3 +237,46 @@ def test_machine_names_the_cpu_generation_and_torch_kernels(tmp_path):
     assert machine(str(info)) == f"AMD EPYC (family 25, model 1, {tail}"
     info.write_text("model name\t: Some CPU\n")
     assert machine(str(info)) == f"Some CPU ({tail}"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_pool_workers_exit_when_the_ablation_process_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # a pool as run_rows builds it, its worker busy with a long task and another one queued
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from vclr_d2.engine.experiments import exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "        initializer=exit_with_parent, initargs=(os.getpid(), 0.1))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 60); pool.submit(time.sleep, 60)\n"
+        "    time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        worker = int(parent.stdout.readline())
+        time.sleep(0.5)
+        assert not _gone(worker)  # it lives while its parent does
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while not _gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(worker)
+    finally:
+        parent.kill()

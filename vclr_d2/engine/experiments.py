@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +31,8 @@ from detectron2.utils.env import seed_all_rng
 
 from .setup import get_vclr_cfg, load_cfg
 
-__all__ = ["ROWS", "Row", "TEST_SET", "experiment_cfg", "machine", "openworld_metrics",
+__all__ = ["ROWS", "Row", "TEST_SET", "exit_with_parent", "experiment_cfg", "machine",
+           "openworld_metrics",
            "read_run_record", "run_row", "run_rows"]
 
 logger = logging.getLogger(__name__)
@@ -271,6 +273,18 @@ def _run_record(args: tuple) -> dict:
     return run_row(config_file, seed, output_dir, opts, threads)[0]
 
 
+def exit_with_parent(parent_pid: int, period: float = 2.0) -> None:
+    """Process-pool initializer: a daemon thread ends this worker once its parent process is
+    gone. Without it, killing ``tools/ablation.py`` leaves its workers running, and they go on
+    to the runs already queued for them."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), jobs: int = 1,
              threads: int | None = None, on_done=None) -> list[dict]:
     """Several runs ``(config_file, seed, output_dir)``, ``jobs`` at a time in separate
@@ -294,7 +308,8 @@ def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), job
         return records
     # spawn: a fresh interpreter per worker (no forked torch thread pools)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_run_record, t) for t in tasks]
         for f in futures:
             f.add_done_callback(lambda f: on_done and not f.exception() and on_done(f.result()))
