@@ -32,8 +32,7 @@ from detectron2.utils.env import seed_all_rng
 from .setup import get_vclr_cfg, load_cfg
 
 __all__ = ["ROWS", "Row", "TEST_SET", "exit_with_parent", "experiment_cfg", "machine",
-           "openworld_metrics",
-           "read_run_record", "run_row", "run_rows"]
+           "openworld_metrics", "read_run_record", "run_row", "run_rows"]
 
 logger = logging.getLogger(__name__)
 
