@@ -4,23 +4,28 @@
   an optional seen/unseen split (``evaluator.py``);
 - ``OpenWorldRecall`` / ``evaluate_recall``: the vectorised engine, equal to pycocotools'
   ``COCOeval`` with ``useCats = 0`` (``recall.py``);
-- ``build_evaluator``: the evaluator for a dataset, by its metadata ``evaluator_type``.
+- ``build_evaluator``: the evaluator for a dataset, by its metadata ``evaluator_type``;
+- ``ImageGroupsEvaluator`` / ``index_blocks``: one inference pass, results per group (block) of
+  images (``groups.py``).
 """
 
 from detectron2.data import MetadataCatalog
 
 from .evaluator import OpenWorldEvaluator
 from .ground_truth import CocoGroundTruth
+from .groups import ImageGroupsEvaluator, index_blocks
 from .recall import Detections, EvalArrays, OpenWorldRecall, evaluate_recall, summarize
 
 __all__ = [
     "CocoGroundTruth",
     "Detections",
     "EvalArrays",
+    "ImageGroupsEvaluator",
     "OpenWorldEvaluator",
     "OpenWorldRecall",
     "build_evaluator",
     "evaluate_recall",
+    "index_blocks",
     "known_classes_of",
     "summarize",
 ]

@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""How much of a measured difference is the validation sample? Evaluate trained runs on a larger
+validation split of their synthetic set, in blocks of their own validation set's size.
+
+    python tools/eval_blocks.py output/heldout/swap/f_seed0 output/heldout/swap/f_seed1 \\
+        --baseline output/heldout/swap/b_seed0 output/heldout/swap/b_seed1 \\
+        --num-val 1000 --output output/heldout/swap/blocks.json
+
+Each RUN is a training output folder (``config.yaml`` and ``model_final.pth``, as
+``tools/ablation.py`` and ``tools/train_net.py`` leave them). Its config is evaluated with
+``DATASETS.SYNTHETIC.NUM_VAL`` = ``--num-val`` on ``synth_openworld_val_all``, the EMA teacher's
+weights as in ``--eval-only``. The synthetic set's images are seeded per index, so the first
+block (``--block`` images, by default the run's own ``NUM_VAL``) is exactly the validation set
+the run was measured on, and the blocks after it are further samples of the same kind; training
+is unaffected (the training images do not depend on ``NUM_VAL``).
+
+Printed (markdown): per run, box and mask AR of known and novel objects on each block, on
+"blocks 1+" (every image after the first block, pooled) and on "all"; with ``--baseline`` (one
+baseline run per RUN, e.g. the same seed of another row), the differences RUN − baseline, and
+over the pairs: the mean ± sd on block 0 (what a report on the run's own validation set says),
+on "blocks 1+" and on "all", and the sd of a pair's difference across blocks (how far one block
+of images moves a difference, the training runs fixed).
+
+Results are kept in ``--output`` (JSON, one entry per run folder with the sizes it was evaluated
+at) and read back instead of evaluating again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from anywhere without installing
+    sys.path.insert(0, str(ROOT))
+
+METRICS = ("known box AR@100", "novel box AR@100", "novel box AR@10", "known mask AR@100",
+           "novel mask AR@100")
+
+
+def evaluate_run(run: str, num_val: int, block: int | None, weights: str) -> dict:
+    """{"num_val", "block", "groups": {group: {metric: value}}} of one run folder."""
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.evaluation import inference_on_dataset
+
+    from vclr_d2.engine import VCLRTrainer, load_cfg, load_for_evaluation
+    from vclr_d2.engine.experiments import TEST_SET, openworld_metrics
+    from vclr_d2.evaluation import ImageGroupsEvaluator, build_evaluator, index_blocks
+
+    config = os.path.join(run, "config.yaml")
+    weights_file = os.path.join(run, weights)
+    for f in (config, weights_file):
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"eval_blocks: {run!r} has no {os.path.basename(f)} ({f})")
+    own = load_cfg(config, [])
+    if TEST_SET not in own.DATASETS.TEST:
+        raise ValueError(f"eval_blocks: {config} does not evaluate on {TEST_SET} "
+                         f"(DATASETS.TEST = {list(own.DATASETS.TEST)})")
+    block = block or own.DATASETS.SYNTHETIC.NUM_VAL
+    if num_val < block:
+        raise ValueError(f"eval_blocks: --num-val {num_val} is smaller than one block ({block})")
+    cfg = load_cfg(config, ["DATASETS.SYNTHETIC.NUM_VAL", str(num_val),
+                            "MODEL.WEIGHTS", weights_file])
+    torch.manual_seed(0)
+    groups = index_blocks([d["image_id"] for d in DatasetCatalog.get(TEST_SET)], block)
+    model = VCLRTrainer.build_model(cfg)
+    load_for_evaluation(model, cfg)
+    evaluator = ImageGroupsEvaluator(lambda: build_evaluator(cfg, TEST_SET, None), groups)
+    results = inference_on_dataset(model, VCLRTrainer.build_test_loader(cfg, TEST_SET),
+                                   evaluator)
+    return {"num_val": num_val, "block": block,
+            "groups": {name: openworld_metrics(res) for name, res in results.items()}}
+
+
+def load_results(path: str | None) -> dict:
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"eval_blocks: {path} is not valid JSON ({e}); move it away or pass "
+                         "another --output") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"eval_blocks: {path} holds no object of run results")
+    return data
+
+
+def mean_sd(values: list[float], sign: bool = False) -> str:
+    fmt = "%+.1f" if sign else "%.1f"
+    if len(values) < 2:
+        return fmt % values[0]
+    return f"{fmt % statistics.mean(values)} ± {statistics.stdev(values):.1f}"
+
+
+def run_table(run: str, groups: dict) -> list[str]:
+    lines = [f"{run}:", "", "| images | " + " | ".join(METRICS) + " |",
+             "| --- |" + " ---: |" * len(METRICS)]
+    for name, m in groups.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.1f}" for k in METRICS) + " |")
+    return lines + [""]
+
+
+def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
+    diffs = []  # per pair: {group: {metric: difference}}
+    for run, base in pairs:
+        a, b = results[run]["groups"], results[base]["groups"]
+        if list(a) != list(b):
+            raise ValueError(f"eval_blocks: {run} and {base} were evaluated on different "
+                             f"blocks ({list(a)} against {list(b)})")
+        diffs.append({g: {k: a[g][k] - b[g][k] for k in METRICS} for g in a})
+    blocks = [g for g in diffs[0] if g.startswith("block ")]
+    lines = []
+    for (run, base), d in zip(pairs, diffs):
+        lines += [f"{run} − {base}:", "", "| images | " + " | ".join(METRICS) + " |",
+                  "| --- |" + " ---: |" * len(METRICS)]
+        for name, m in d.items():
+            lines.append(f"| {name} | " + " | ".join(f"{m[k]:+.1f}" for k in METRICS) + " |")
+        lines.append("")
+    summary = [("block 0 (the runs' own validation set)", "block 0")]
+    summary += [(g, g) for g in ("blocks 1+", "all") if g in diffs[0]]
+    lines += [f"Over the {len(pairs)} pairs, mean ± sd of RUN − baseline:", "",
+              "| images | " + " | ".join(METRICS) + " |", "| --- |" + " ---: |" * len(METRICS)]
+    for label, g in summary:
+        lines.append(f"| {label} | " + " | ".join(
+            mean_sd([d[g][k] for d in diffs], sign=True) for k in METRICS) + " |")
+    if len(blocks) > 1:
+        lines.append(f"| sd across the {len(blocks)} blocks, mean over the pairs | " + " | ".join(
+            f"{statistics.mean(statistics.stdev(d[b][k] for b in blocks) for d in diffs):.1f}"
+            for k in METRICS) + " |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="training output folders")
+    parser.add_argument("--baseline", nargs="+", default=[], metavar="RUN",
+                        help="one baseline run folder per RUN: differences RUN − baseline")
+    parser.add_argument("--num-val", type=int, default=1000,
+                        help="validation images to evaluate on (default 1000)")
+    parser.add_argument("--block", type=int, default=None,
+                        help="images per block (default: each run's own DATASETS.SYNTHETIC."
+                             "NUM_VAL, so block 0 is its validation set)")
+    parser.add_argument("--weights", default="model_final.pth",
+                        help="checkpoint file name inside each run folder")
+    parser.add_argument("--output", default=None, help="JSON file of results, read back")
+    args = parser.parse_args(argv)
+    if args.baseline and len(args.baseline) != len(args.runs):
+        parser.error(f"--baseline needs one run per RUN: {len(args.runs)} runs, "
+                     f"{len(args.baseline)} baselines")
+    if args.num_val < 1 or (args.block is not None and args.block < 1):
+        parser.error(f"--num-val and --block must be positive (got {args.num_val}, "
+                     f"{args.block})")
+    try:
+        results = load_results(args.output)
+    except ValueError as e:
+        parser.error(str(e))
+    for run in dict.fromkeys(args.runs + args.baseline):
+        saved = results.get(run)
+        if saved and saved["num_val"] == args.num_val and (
+                args.block is None or saved["block"] == args.block):
+            continue
+        results[run] = evaluate_run(run, args.num_val, args.block, args.weights)
+        if args.output:
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            with open(args.output, "w") as f:
+                json.dump(results, f, indent=1)
+    lines = []
+    for run in dict.fromkeys(args.runs + args.baseline):
+        lines += run_table(run, results[run]["groups"])
+    if args.baseline:
+        lines += pair_tables(list(zip(args.runs, args.baseline)), results)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
