@@ -82,7 +82,9 @@ def test_block_zero_is_the_runs_own_validation_set(tmp_path, capsys):
     assert plain["all mask AR@100"] > 0
     capsys.readouterr()
     base, run = (saved[r]["groups"]["all"] for r in runs)  # the table: run − base
-    assert "| all | " + " | ".join(f"{run[k] - base[k]:+.1f}" for k in tool.METRICS) + " |" in first
+    row = " | ".join(tool.signed(run[k] - base[k]) for k in tool.METRICS)
+    assert f"| all | {row} |" in first
+    assert [tool.signed(x) for x in (-0.04, 0.04, -1.25, 2.0)] == ["+0.0", "+0.0", "-1.2", "+2.0"]
     assert "sd across the 2 blocks" in first
 
     def no_evaluation(*args):

@@ -91,11 +91,17 @@ def load_results(path: str | None) -> dict:
     return data
 
 
+def signed(x: float) -> str:
+    """``+1.2`` / ``-0.4``; a difference that rounds to zero is ``+0.0``."""
+    text = f"{x:+.1f}"
+    return "+0.0" if text == "-0.0" else text
+
+
 def mean_sd(values: list[float], sign: bool = False) -> str:
-    fmt = "%+.1f" if sign else "%.1f"
+    fmt = signed if sign else "{:.1f}".format
     if len(values) < 2:
-        return fmt % values[0]
-    return f"{fmt % statistics.mean(values)} ± {statistics.stdev(values):.1f}"
+        return fmt(values[0])
+    return f"{fmt(statistics.mean(values))} ± {statistics.stdev(values):.1f}"
 
 
 def run_table(run: str, groups: dict) -> list[str]:
@@ -120,7 +126,7 @@ def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
         lines += [f"{run} − {base}:", "", "| images | " + " | ".join(METRICS) + " |",
                   "| --- |" + " ---: |" * len(METRICS)]
         for name, m in d.items():
-            lines.append(f"| {name} | " + " | ".join(f"{m[k]:+.1f}" for k in METRICS) + " |")
+            lines.append(f"| {name} | " + " | ".join(signed(m[k]) for k in METRICS) + " |")
         lines.append("")
     summary = [("block 0 (the runs' own validation set)", "block 0")]
     summary += [(g, g) for g in ("blocks 1+", "all") if g in diffs[0]]
