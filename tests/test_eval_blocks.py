@@ -94,10 +94,16 @@ def test_block_zero_is_the_runs_own_validation_set(tmp_path, capsys):
     try:
         assert tool.main([runs[1], "--baseline", runs[0], "--num-val", "8",
                           "--output", str(out)]) == 0
+        again = capsys.readouterr().out  # the same tables (without the model-building logs)
+        assert again.startswith(f"{runs[1]}:") and first.endswith(again)
+        # two pairs that are each other's opposite: their mean is 0 on every block
+        assert tool.main([runs[1], runs[0], "--baseline", runs[0], runs[1], "--num-val", "8",
+                          "--output", str(out)]) == 0
     finally:
         tool.evaluate_run = kept
-    again = capsys.readouterr().out  # the same tables (without the model-building logs)
-    assert again.startswith(f"{runs[1]}:") and first.endswith(again)
+    both = capsys.readouterr().out
+    assert "Over the 2 pairs" in both
+    assert "| sd across the 2 blocks of the mean over the pairs |" + " 0.0 |" * 5 in both
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):

@@ -18,8 +18,10 @@ Printed (markdown): per run, box and mask AR of known and novel objects on each 
 "blocks 1+" (every image after the first block, pooled) and on "all"; with ``--baseline`` (one
 baseline run per RUN, e.g. the same seed of another row), the differences RUN − baseline, and
 over the pairs: the mean ± sd on block 0 (what a report on the run's own validation set says),
-on "blocks 1+" and on "all", and the sd of a pair's difference across blocks (how far one block
-of images moves a difference, the training runs fixed).
+on "blocks 1+" and on "all", the sd of a pair's difference across blocks (how far one block of
+images moves a difference, the training runs fixed) and the sd across blocks of the mean over
+the pairs (how far it moves a mean over seeds: as far as one pair's when every seed's models
+find the same images easy or hard, by 1/sqrt(pairs) of it when the seeds are independent).
 
 Results are kept in ``--output`` (JSON, one entry per run folder with the sizes it was evaluated
 at) and read back instead of evaluating again.
@@ -139,6 +141,12 @@ def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
         lines.append(f"| sd across the {len(blocks)} blocks, mean over the pairs | " + " | ".join(
             f"{statistics.mean(statistics.stdev(d[b][k] for b in blocks) for d in diffs):.1f}"
             for k in METRICS) + " |")
+    if len(blocks) > 1 and len(pairs) > 1:
+        # what a mean over the pairs, reported on one block, would move by with another block
+        sds = [statistics.stdev(statistics.mean(d[b][k] for d in diffs) for b in blocks)
+               for k in METRICS]
+        lines.append(f"| sd across the {len(blocks)} blocks of the mean over the pairs | "
+                     + " | ".join(f"{x:.1f}" for x in sds) + " |")
     return lines + [""]
 
 
