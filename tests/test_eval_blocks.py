@@ -85,7 +85,7 @@ def test_block_zero_is_the_runs_own_validation_set(tmp_path, capsys):
     row = " | ".join(tool.signed(run[k] - base[k]) for k in tool.METRICS)
     assert f"| all | {row} |" in first
     assert [tool.signed(x) for x in (-0.04, 0.04, -1.25, 2.0)] == ["+0.0", "+0.0", "-1.2", "+2.0"]
-    assert "sd across the 2 blocks" in first
+    assert "Over the one pair," in first and "sd across the 2 blocks" in first
 
     def no_evaluation(*args):
         raise AssertionError("evaluated again")

@@ -132,7 +132,8 @@ def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
         lines.append("")
     summary = [("block 0 (the runs' own validation set)", "block 0")]
     summary += [(g, g) for g in ("blocks 1+", "all") if g in diffs[0]]
-    lines += [f"Over the {len(pairs)} pairs, mean ± sd of RUN − baseline:", "",
+    over = f"{len(pairs)} pairs" if len(pairs) > 1 else "one pair"
+    lines += [f"Over the {over}, mean ± sd of RUN − baseline:", "",
               "| images | " + " | ".join(METRICS) + " |", "| --- |" + " ---: |" * len(METRICS)]
     for label, g in summary:
         lines.append(f"| {label} | " + " | ".join(
