@@ -24,7 +24,7 @@ the pairs (how far it moves a mean over seeds: as far as one pair's when every s
 find the same images easy or hard, by 1/sqrt(pairs) of it when the seeds are independent).
 
 Results are kept in ``--output`` (JSON, one entry per run folder with the sizes it was evaluated
-at) and read back instead of evaluating again.
+at) and read back instead of evaluating again: delete it when a run folder is trained again.
 """
 
 from __future__ import annotations
