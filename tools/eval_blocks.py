@@ -2,9 +2,9 @@
 """How much of a measured difference is the validation sample? Evaluate trained runs on a larger
 validation split of their synthetic set, in blocks of their own validation set's size.
 
-    python tools/eval_blocks.py output/heldout/swap/f_seed0 output/heldout/swap/f_seed1 \\
-        --baseline output/heldout/swap/b_seed0 output/heldout/swap/b_seed1 \\
-        --num-val 1000 --output output/heldout/swap/blocks.json
+    python tools/eval_blocks.py output/s34/heldout/swap/f_seed0 output/s34/heldout/swap/f_seed1 \\
+        --baseline output/s34/heldout/swap/b_seed0 output/s34/heldout/swap/b_seed1 \\
+        --num-val 1000 --output output/s34/heldout/swap/blocks.json
 
 Each RUN is a training output folder (``config.yaml`` and ``model_final.pth``, as
 ``tools/ablation.py`` and ``tools/train_net.py`` leave them). Its config is evaluated with
@@ -46,7 +46,6 @@ METRICS = ("known box AR@100", "novel box AR@100", "novel box AR@10", "known mas
 
 def evaluate_run(run: str, num_val: int, block: int | None, weights: str) -> dict:
     """{"num_val", "block", "groups": {group: {metric: value}}} of one run folder."""
-    import torch
     from detectron2.data import DatasetCatalog
     from detectron2.evaluation import inference_on_dataset
 
@@ -68,7 +67,6 @@ def evaluate_run(run: str, num_val: int, block: int | None, weights: str) -> dic
         raise ValueError(f"eval_blocks: --num-val {num_val} is smaller than one block ({block})")
     cfg = load_cfg(config, ["DATASETS.SYNTHETIC.NUM_VAL", str(num_val),
                             "MODEL.WEIGHTS", weights_file])
-    torch.manual_seed(0)
     groups = index_blocks([d["image_id"] for d in DatasetCatalog.get(TEST_SET)], block)
     model = VCLRTrainer.build_model(cfg)
     load_for_evaluation(model, cfg)
@@ -106,9 +104,12 @@ def mean_sd(values: list[float], sign: bool = False) -> str:
     return f"{fmt(statistics.mean(values))} ± {statistics.stdev(values):.1f}"
 
 
+def table_head() -> list[str]:
+    return ["| images | " + " | ".join(METRICS) + " |", "| --- |" + " ---: |" * len(METRICS)]
+
+
 def run_table(run: str, groups: dict) -> list[str]:
-    lines = [f"{run}:", "", "| images | " + " | ".join(METRICS) + " |",
-             "| --- |" + " ---: |" * len(METRICS)]
+    lines = [f"{run}:", "", *table_head()]
     for name, m in groups.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.1f}" for k in METRICS) + " |")
     return lines + [""]
@@ -125,16 +126,14 @@ def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
     blocks = [g for g in diffs[0] if g.startswith("block ")]
     lines = []
     for (run, base), d in zip(pairs, diffs):
-        lines += [f"{run} − {base}:", "", "| images | " + " | ".join(METRICS) + " |",
-                  "| --- |" + " ---: |" * len(METRICS)]
+        lines += [f"{run} − {base}:", "", *table_head()]
         for name, m in d.items():
             lines.append(f"| {name} | " + " | ".join(signed(m[k]) for k in METRICS) + " |")
         lines.append("")
     summary = [("block 0 (the runs' own validation set)", "block 0")]
     summary += [(g, g) for g in ("blocks 1+", "all") if g in diffs[0]]
     over = f"{len(pairs)} pairs" if len(pairs) > 1 else "one pair"
-    lines += [f"Over the {over}, mean ± sd of RUN − baseline:", "",
-              "| images | " + " | ".join(METRICS) + " |", "| --- |" + " ---: |" * len(METRICS)]
+    lines += [f"Over the {over}, mean ± sd of RUN − baseline:", "", *table_head()]
     for label, g in summary:
         lines.append(f"| {label} | " + " | ".join(
             mean_sd([d[g][k] for d in diffs], sign=True) for k in METRICS) + " |")
@@ -177,21 +176,24 @@ def main(argv: list[str] | None = None) -> int:
         results = load_results(args.output)
     except ValueError as e:
         parser.error(str(e))
-    for run in dict.fromkeys(args.runs + args.baseline):
-        saved = results.get(run)
-        if saved and saved["num_val"] == args.num_val and (
-                args.block is None or saved["block"] == args.block):
-            continue
-        results[run] = evaluate_run(run, args.num_val, args.block, args.weights)
-        if args.output:
-            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-            with open(args.output, "w") as f:
-                json.dump(results, f, indent=1)
-    lines = []
-    for run in dict.fromkeys(args.runs + args.baseline):
-        lines += run_table(run, results[run]["groups"])
-    if args.baseline:
-        lines += pair_tables(list(zip(args.runs, args.baseline)), results)
+    try:  # a missing file, a config without the test set, blocks that do not pair: named
+        for run in dict.fromkeys(args.runs + args.baseline):
+            saved = results.get(run)
+            if saved and saved["num_val"] == args.num_val and (
+                    args.block is None or saved["block"] == args.block):
+                continue
+            results[run] = evaluate_run(run, args.num_val, args.block, args.weights)
+            if args.output:
+                os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+                with open(args.output, "w") as f:
+                    json.dump(results, f, indent=1)
+        lines = []
+        for run in dict.fromkeys(args.runs + args.baseline):
+            lines += run_table(run, results[run]["groups"])
+        if args.baseline:
+            lines += pair_tables(list(zip(args.runs, args.baseline)), results)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
     print("\n".join(lines))
     return 0
 
