@@ -63,9 +63,19 @@ def test_block_zero_is_the_runs_own_validation_set(tmp_path, capsys):
     tool = load_tool("eval_blocks")
     out = tmp_path / "blocks.json"
     capsys.readouterr()  # the training logs
+    report = tmp_path / "docs" / "blocks.md"
     assert tool.main([runs[1], "--baseline", runs[0], "--num-val", "8",
-                      "--output", str(out)]) == 0
+                      "--output", str(out), "--report", str(report)]) == 0
     first = capsys.readouterr().out
+    # the report: a header with the command that made it, then exactly the printed tables
+    text = report.read_text()
+    command = (f"python tools/eval_blocks.py {runs[1]} --baseline {runs[0]} --num-val 8 "
+               f"--output {out} --report {report}")
+    assert text.startswith("# Validation blocks") and f"\n    {command}\n" in text
+    assert ": 2 of the 2 runs evaluated by this invocation" in text
+    assert "the 2 runs' evaluations took" in text and "in blocks of 4:" in text
+    tables = first[first.index(f"{runs[1]}:\n\n| images"):first.index(f"report: {report}")]
+    assert text.endswith("\n\n" + tables)
     saved = json.loads(out.read_text())
     for run, record in zip(runs, records):
         assert saved[run]["num_val"] == 8 and saved[run]["block"] == 4
@@ -96,13 +106,22 @@ def test_block_zero_is_the_runs_own_validation_set(tmp_path, capsys):
         assert tool.main([runs[1], "--baseline", runs[0], "--num-val", "8",
                           "--output", str(out)]) == 0
         again = capsys.readouterr().out  # the same tables (without the model-building logs)
-        assert again.startswith(f"{runs[1]}:") and first.endswith(again)
+        assert again == tables
         # two pairs that are each other's opposite: their mean is 0 on every block
         assert tool.main([runs[1], runs[0], "--baseline", runs[0], runs[1], "--num-val", "8",
                           "--output", str(out)]) == 0
     finally:
         tool.evaluate_run = kept
     both = capsys.readouterr().out
+    # two runs: their mean ± sd per group, a row of the ablation's table on more images
+    for side in ("RUN", "baseline"):
+        assert f"{side}, over the 2 runs, mean ± sd:" in both
+    row = " | ".join(tool.mean_sd([saved[r]["groups"]["blocks 1+"][k] for r in runs[::-1]])
+                     for k in tool.METRICS)
+    assert both.count(f"| blocks 1+ | {row} |") == 2  # RUN and baseline: the same two runs
+    assert float(row.split(" ± ")[0]) == round(
+        (saved[runs[0]]["groups"]["blocks 1+"][tool.METRICS[0]]
+         + saved[runs[1]]["groups"]["blocks 1+"][tool.METRICS[0]]) / 2, 1)
     assert "Over the 2 pairs" in both
     assert "| sd across the 2 blocks of the mean over the pairs |" + " 0.0 |" * 5 in both
 

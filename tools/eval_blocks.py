@@ -23,8 +23,13 @@ images moves a difference, the training runs fixed) and the sd across blocks of 
 the pairs (how far it moves a mean over seeds: as far as one pair's when every seed's models
 find the same images easy or hard, by 1/sqrt(pairs) of it when the seeds are independent).
 
+With two RUNs or more (and as many baselines), the mean ± sd over them of each metric on block
+0, "blocks 1+" and "all": a row of ``tools/ablation.py``'s table on the larger validation split.
+
 Results are kept in ``--output`` (JSON, one entry per run folder with the sizes it was evaluated
-at) and read back instead of evaluating again: delete it when a run folder is trained again.
+at and the seconds it took) and read back instead of evaluating again: delete it when a run folder
+is trained again. ``--report FILE`` writes the printed tables as markdown under a header with the
+command, the machine and the time (the ``docs/`` pages made by this tool are such reports).
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +78,11 @@ def evaluate_run(run: str, num_val: int, block: int | None, weights: str) -> dic
     model = VCLRTrainer.build_model(cfg)
     load_for_evaluation(model, cfg)
     evaluator = ImageGroupsEvaluator(lambda: build_evaluator(cfg, TEST_SET, None), groups)
+    start = time.perf_counter()
     results = inference_on_dataset(model, VCLRTrainer.build_test_loader(cfg, TEST_SET),
                                    evaluator)
     return {"num_val": num_val, "block": block,
+            "eval_seconds": round(time.perf_counter() - start, 1),
             "groups": {name: openworld_metrics(res) for name, res in results.items()}}
 
 
@@ -115,6 +124,26 @@ def run_table(run: str, groups: dict) -> list[str]:
     return lines + [""]
 
 
+def summary_groups(groups: dict) -> list[tuple[str, str]]:
+    """(label, group) of the rows a summary over runs or pairs reports."""
+    return [("block 0 (the runs' own validation set)", "block 0")] + [
+        (g, g) for g in ("blocks 1+", "all") if g in groups]
+
+
+def runs_table(label: str, runs: list[str], results: dict) -> list[str]:
+    """Mean ± sd over ``runs`` of each metric per group (the runs evaluated on the same blocks)."""
+    groups = [results[r]["groups"] for r in runs]
+    for r, g in zip(runs, groups):
+        if list(g) != list(groups[0]):
+            raise ValueError(f"eval_blocks: {r} and {runs[0]} were evaluated on different "
+                             f"blocks ({list(g)} against {list(groups[0])})")
+    lines = [f"{label}, over the {len(runs)} runs, mean ± sd:", "", *table_head()]
+    for name, g in summary_groups(groups[0]):
+        lines.append(f"| {name} | " + " | ".join(mean_sd([x[g][k] for x in groups])
+                                                 for k in METRICS) + " |")
+    return lines + [""]
+
+
 def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
     diffs = []  # per pair: {group: {metric: difference}}
     for run, base in pairs:
@@ -130,8 +159,7 @@ def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
         for name, m in d.items():
             lines.append(f"| {name} | " + " | ".join(signed(m[k]) for k in METRICS) + " |")
         lines.append("")
-    summary = [("block 0 (the runs' own validation set)", "block 0")]
-    summary += [(g, g) for g in ("blocks 1+", "all") if g in diffs[0]]
+    summary = summary_groups(diffs[0])
     over = f"{len(pairs)} pairs" if len(pairs) > 1 else "one pair"
     lines += [f"Over the {over}, mean ± sd of RUN − baseline:", "", *table_head()]
     for label, g in summary:
@@ -150,6 +178,29 @@ def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
     return lines + [""]
 
 
+def report_header(command: str, runs: list[dict], evaluated: int, seconds: float) -> str:
+    from vclr_d2.engine.experiments import TEST_SET, machine
+
+    block, num_val = runs[0]["block"], runs[0]["num_val"]
+    timed = [r["eval_seconds"] for r in runs if "eval_seconds" in r]
+    took = (f"the {len(timed)} runs' evaluations took {sum(timed) / 60:.0f} min in all"
+            if len(timed) == len(runs) else
+            f"{len(runs) - len(timed)} of the runs were evaluated before the tool recorded times")
+    text = (
+        f"Written on {machine()} in {seconds / 60:.1f} min: {evaluated} of the {len(runs)} runs "
+        f"evaluated by this invocation, the others read back from --output; {took}. Each run's "
+        f"EMA teacher on `{TEST_SET}` with {num_val} validation images, in blocks of {block}: "
+        "block 0 is the run's own validation set (the images are seeded by their index), "
+        "\"blocks 1+\" pools the images after it. Class-agnostic AR in percent; *known* objects "
+        "are of the families annotated in training, *novel* of the others. The trained runs are "
+        "fixed: every number moves only with the images.")
+    return "\n".join([
+        "# Validation blocks: how much of a difference the validation images make", "",
+        "Generated by `tools/eval_blocks.py`; do not edit by hand (analysis: "
+        "docs/experiments.md, §4 \"How far the 200 validation images move a difference\").", "",
+        f"    {command}", "", text, "", ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -165,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="model_final.pth",
                         help="checkpoint file name inside each run folder")
     parser.add_argument("--output", default=None, help="JSON file of results, read back")
+    parser.add_argument("--report", default=None,
+                        help="also write the tables as a markdown report (command, machine, time)")
     args = parser.parse_args(argv)
     if args.baseline and len(args.baseline) != len(args.runs):
         parser.error(f"--baseline needs one run per RUN: {len(args.runs)} runs, "
@@ -176,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         results = load_results(args.output)
     except ValueError as e:
         parser.error(str(e))
+    start, evaluated = time.perf_counter(), []
     try:  # a missing file, a config without the test set, blocks that do not pair: named
         for run in dict.fromkeys(args.runs + args.baseline):
             saved = results.get(run)
@@ -183,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.block is None or saved["block"] == args.block):
                 continue
             results[run] = evaluate_run(run, args.num_val, args.block, args.weights)
+            evaluated.append(run)
             if args.output:
                 os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
                 with open(args.output, "w") as f:
@@ -190,11 +245,28 @@ def main(argv: list[str] | None = None) -> int:
         lines = []
         for run in dict.fromkeys(args.runs + args.baseline):
             lines += run_table(run, results[run]["groups"])
+        if len(args.runs) > 1:
+            lines += runs_table("RUN", args.runs, results)
+            if args.baseline:
+                lines += runs_table("baseline", args.baseline, results)
         if args.baseline:
             lines += pair_tables(list(zip(args.runs, args.baseline)), results)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    print(text)
+    if args.report:
+        command = "python tools/eval_blocks.py " + shlex.join(
+            [*args.runs] + (["--baseline", *args.baseline] if args.baseline else [])
+            + ["--num-val", str(args.num_val)]
+            + (["--block", str(args.block)] if args.block else [])
+            + (["--weights", args.weights] if args.weights != "model_final.pth" else [])
+            + (["--output", args.output] if args.output else []) + ["--report", args.report])
+        header = report_header(command, [results[r] for r in dict.fromkeys(
+            args.runs + args.baseline)], len(evaluated), time.perf_counter() - start)
+        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+        Path(args.report).write_text(header + text + "\n")
+        print(f"report: {args.report}")
     return 0
 
 
