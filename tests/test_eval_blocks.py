@@ -138,3 +138,24 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main([str(tmp_path / "missing")])
     assert re.search(r"has no config.yaml \(.*missing/config.yaml\)", capsys.readouterr().err)
+
+
+def test_runs_on_different_blocks_and_an_unwritable_report_are_named(tmp_path, capsys):
+    tool = load_tool("eval_blocks")
+    metrics = dict.fromkeys(tool.METRICS, 50.0)
+
+    def saved(block: int, groups: list[str]) -> dict:
+        return {"num_val": 8, "block": block, "groups": {g: metrics for g in groups}}
+
+    out = tmp_path / "blocks.json"
+    out.write_text(json.dumps({"x": saved(4, ["block 0", "block 1", "blocks 1+", "all"]),
+                               "y": saved(2, ["block 0", "block 1", "block 2", "block 3",
+                                              "blocks 1+", "all"]),
+                               "z": saved(4, ["block 0", "block 1", "blocks 1+", "all"])}))
+    with pytest.raises(SystemExit):  # read back, not evaluated: x and y do not share blocks
+        tool.main(["x", "--baseline", "y", "--num-val", "8", "--output", str(out)])
+    assert "y and x were evaluated on different blocks" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a folder where the report should go
+        tool.main(["x", "--baseline", "z", "--num-val", "8", "--output", str(out),
+                   "--report", str(tmp_path)])
+    assert f"cannot write --report {tmp_path}" in capsys.readouterr().err

@@ -130,27 +130,31 @@ def summary_groups(groups: dict) -> list[tuple[str, str]]:
         (g, g) for g in ("blocks 1+", "all") if g in groups]
 
 
-def runs_table(label: str, runs: list[str], results: dict) -> list[str]:
-    """Mean ± sd over ``runs`` of each metric per group (the runs evaluated on the same blocks)."""
-    groups = [results[r]["groups"] for r in runs]
-    for r, g in zip(runs, groups):
-        if list(g) != list(groups[0]):
+def same_blocks(runs: list[str], results: dict) -> None:
+    """Raise naming two runs evaluated on different blocks (they cannot share a table)."""
+    first = list(results[runs[0]]["groups"])
+    for r in runs[1:]:
+        if list(results[r]["groups"]) != first:
             raise ValueError(f"eval_blocks: {r} and {runs[0]} were evaluated on different "
-                             f"blocks ({list(g)} against {list(groups[0])})")
-    lines = [f"{label}, over the {len(runs)} runs, mean ± sd:", "", *table_head()]
-    for name, g in summary_groups(groups[0]):
-        lines.append(f"| {name} | " + " | ".join(mean_sd([x[g][k] for x in groups])
-                                                 for k in METRICS) + " |")
-    return lines + [""]
+                             f"blocks ({list(results[r]['groups'])} against {first})")
+
+
+def runs_table(label: str, runs: list[str], results: dict) -> list[str]:
+    """Mean ± sd over ``runs`` of each metric per group, as the ablation's table does over seeds."""
+    from vclr_d2.engine.report import markdown_table
+
+    groups = [results[r]["groups"] for r in runs]
+    records = {name: [{"metrics": x[g]} for x in groups]
+               for name, g in summary_groups(groups[0])}
+    return [f"{label}, over the {len(runs)} runs, mean ± sd:", "",
+            markdown_table(records, METRICS), ""]
 
 
 def pair_tables(pairs: list[tuple[str, str]], results: dict) -> list[str]:
+    """RUN − baseline per pair and over the pairs (runs checked by ``same_blocks`` first)."""
     diffs = []  # per pair: {group: {metric: difference}}
     for run, base in pairs:
         a, b = results[run]["groups"], results[base]["groups"]
-        if list(a) != list(b):
-            raise ValueError(f"eval_blocks: {run} and {base} were evaluated on different "
-                             f"blocks ({list(a)} against {list(b)})")
         diffs.append({g: {k: a[g][k] - b[g][k] for k in METRICS} for g in a})
     blocks = [g for g in diffs[0] if g.startswith("block ")]
     lines = []
@@ -242,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
                 with open(args.output, "w") as f:
                     json.dump(results, f, indent=1)
+        same_blocks(list(dict.fromkeys(args.runs + args.baseline)), results)
         lines = []
         for run in dict.fromkeys(args.runs + args.baseline):
             lines += run_table(run, results[run]["groups"])
@@ -264,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             + (["--output", args.output] if args.output else []) + ["--report", args.report])
         header = report_header(command, [results[r] for r in dict.fromkeys(
             args.runs + args.baseline)], len(evaluated), time.perf_counter() - start)
-        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-        Path(args.report).write_text(header + text + "\n")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+            Path(args.report).write_text(header + text + "\n")
+        except OSError as e:
+            parser.error(f"cannot write --report {args.report}: {e}")
         print(f"report: {args.report}")
     return 0
 
