@@ -280,3 +280,75 @@ def test_pool_workers_exit_when_the_ablation_process_is_killed(tmp_path):
         assert _gone(worker)
     finally:
         parent.kill()
+
+
+def test_ablation_reports_the_runs_on_more_validation_images(tmp_path, opts, capsys,
+                                                             monkeypatch):
+    """--num-val: the runs (NUM_VAL 4) evaluated again on 8 validation images; the first 4
+    give each run's record again; kept in the run folder and read back while the weights are
+    the same file; runs trained from another clone are read back too."""
+    from vclr_d2.engine import experiments
+
+    runs = tmp_path / "runs"
+    ablation = _tool("ablation")
+    assert ablation.main(["--rows", "a", "b", "--seeds", "0", "--jobs", "1", "--output",
+                          str(runs), *opts]) == 0
+    report = tmp_path / "val8.md"
+    args = ["--rows", "a", "b", "--seeds", "0", "--jobs", "1", "--report-only", "--output",
+            str(runs), "--report", str(report), "--num-val", "8", *opts]
+    assert ablation.main(args) == 0
+    text = report.read_text()
+    assert text.startswith("# Ablation on the built-in synthetic open-world set, 8 validation "
+                           "images\n")
+    assert "--report " + str(report) + " --num-val 8 " in text  # in the printed command
+    assert ("with its first 8 validation images (`--num-val 8`, evaluated after training): the "
+            "first 4 are the runs' own validation set, on which their run.json was measured "
+            "(2 of the 2 runs give exactly those numbers again there), the 4 after them") in text
+    saved = {r: json.loads((runs / f"{r}_seed0" / "val8.json").read_text()) for r in "ab"}
+    records = {r: json.loads((runs / f"{r}_seed0" / "run.json").read_text()) for r in "ab"}
+    for r in "ab":
+        assert saved[r]["num_val"] == 8 and saved[r]["block"] == 4
+        assert saved[r]["groups"]["block 0"] == records[r]["metrics"]
+        assert saved[r]["groups"]["all"] != records[r]["metrics"]  # 4 more images count
+    # the table is on all 8 images; the differences on all 8, on the first 4, on the 4 after
+    a, b = (saved[r]["groups"] for r in "ab")
+    m = "novel box AR@100"
+    assert f"| {a['all']['known box AR@10']:.1f} | {a['all']['known box AR@100']:.1f} |" in text
+    diff = f"{b['all'][m] - a['all'][m]:+.1f}"
+    assert (f"| (b) − (a) | {m} | {diff} | {diff} (one seed) | "
+            f"{b['block 0'][m] - a['block 0'][m]:+.1f} | "
+            f"{b['blocks 1+'][m] - a['blocks 1+'][m]:+.1f} |") in text
+    assert "| on the runs' own 4 | on the 4 after them |" in text
+    assert "| row | train + final evaluation | evaluation on 8 images | threads |" in text
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["runs"]["a"][0]["run_metrics"] == records["a"]["metrics"]
+    assert data["runs"]["a"][0]["metrics"] == a["all"]
+
+    evaluated = []
+
+    def counted(run_dir, *args, **kwargs):
+        evaluated.append(Path(run_dir).name)
+        return {"num_val": 8, "block": 4, "eval_seconds": 1.0, "groups": saved["a"]["groups"]}
+
+    monkeypatch.setattr(experiments, "evaluate_blocks", counted)
+    # a record trained from another clone names its config by that clone's path: read back
+    record = runs / "a_seed0" / "run.json"
+    record.write_text(json.dumps({**records["a"], "config": "/other/clone/configs/synthetic/"
+                                  "baseline.yaml"}))
+    capsys.readouterr()
+    assert ablation.main(args) == 0 and evaluated == []  # read back from val8.json
+    assert report.read_text() == text
+    os.utime(runs / "b_seed0" / "model_final.pth", (1, 1))  # another file than evaluated
+    assert ablation.main(args) == 0 and evaluated == ["b_seed0"]
+    record.write_text(json.dumps({**records["a"], "config": "/other/clone/configs/synthetic/"
+                                  "proposals.yaml"}))
+    with pytest.raises(SystemExit):
+        ablation.main(args)
+    assert "a_seed0/run.json is the record of another run" in capsys.readouterr().err
+    record.write_text(json.dumps(records["a"]))
+    monkeypatch.undo()
+    for n, says in (("2", "2 validation images are fewer than one block (4)"),
+                    ("0", "--num-val must be positive, got 0")):
+        with pytest.raises(SystemExit):
+            ablation.main([*args[:-len(opts) - 1], n, *opts])
+        assert says in capsys.readouterr().err

@@ -52,38 +52,14 @@ METRICS = ("known box AR@100", "novel box AR@100", "novel box AR@10", "known mas
 
 
 def evaluate_run(run: str, num_val: int, block: int | None, weights: str) -> dict:
-    """{"num_val", "block", "groups": {group: {metric: value}}} of one run folder."""
-    from detectron2.data import DatasetCatalog
-    from detectron2.evaluation import inference_on_dataset
+    """{"num_val", "block", "eval_seconds", "groups": {group: {metric: value}}} of one run
+    folder (:func:`vclr_d2.engine.experiments.evaluate_blocks`)."""
+    from vclr_d2.engine.experiments import evaluate_blocks
 
-    from vclr_d2.engine import VCLRTrainer, load_cfg, load_for_evaluation
-    from vclr_d2.engine.experiments import TEST_SET, openworld_metrics
-    from vclr_d2.evaluation import ImageGroupsEvaluator, build_evaluator, index_blocks
-
-    config = os.path.join(run, "config.yaml")
-    weights_file = os.path.join(run, weights)
-    for f in (config, weights_file):
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"eval_blocks: {run!r} has no {os.path.basename(f)} ({f})")
-    own = load_cfg(config, [])
-    if TEST_SET not in own.DATASETS.TEST:
-        raise ValueError(f"eval_blocks: {config} does not evaluate on {TEST_SET} "
-                         f"(DATASETS.TEST = {list(own.DATASETS.TEST)})")
-    block = block or own.DATASETS.SYNTHETIC.NUM_VAL
-    if num_val < block:
-        raise ValueError(f"eval_blocks: --num-val {num_val} is smaller than one block ({block})")
-    cfg = load_cfg(config, ["DATASETS.SYNTHETIC.NUM_VAL", str(num_val),
-                            "MODEL.WEIGHTS", weights_file])
-    groups = index_blocks([d["image_id"] for d in DatasetCatalog.get(TEST_SET)], block)
-    model = VCLRTrainer.build_model(cfg)
-    load_for_evaluation(model, cfg)
-    evaluator = ImageGroupsEvaluator(lambda: build_evaluator(cfg, TEST_SET, None), groups)
-    start = time.perf_counter()
-    results = inference_on_dataset(model, VCLRTrainer.build_test_loader(cfg, TEST_SET),
-                                   evaluator)
-    return {"num_val": num_val, "block": block,
-            "eval_seconds": round(time.perf_counter() - start, 1),
-            "groups": {name: openworld_metrics(res) for name, res in results.items()}}
+    try:
+        return evaluate_blocks(run, num_val, block, weights)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"eval_blocks: {e}") from e
 
 
 def load_results(path: str | None) -> dict:

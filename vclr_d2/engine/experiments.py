@@ -31,8 +31,9 @@ from detectron2.utils.env import seed_all_rng
 
 from .setup import get_vclr_cfg, load_cfg
 
-__all__ = ["ROWS", "Row", "TEST_SET", "exit_with_parent", "experiment_cfg", "machine",
-           "openworld_metrics", "read_run_record", "run_row", "run_rows"]
+__all__ = ["ROWS", "Row", "TEST_SET", "evaluate_blocks", "evaluate_larger_val",
+           "exit_with_parent", "experiment_cfg", "machine", "openworld_metrics",
+           "read_run_record", "run_row", "run_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,17 @@ def _config_changes(saved_file: str, cfg: CfgNode) -> list[str]:
             for k in keys if then.get(k, "<absent>") != now.get(k, "<absent>")]
 
 
+def _same_config_file(a: str, b: str) -> bool:
+    """Whether two config paths name the same project config: a run record keeps the absolute
+    path it was trained with, and the same runs are read back from another clone or worktree
+    (the config's content is checked separately, key by key)."""
+    def tail(path: str) -> str:
+        path = os.path.normpath(os.path.abspath(path)).replace(os.sep, "/")
+        return path.rsplit("/configs/", 1)[1] if "/configs/" in path else path
+
+    return tail(a) == tail(b)
+
+
 def read_run_record(config_file: str, seed: int, output_dir: str,
                     opts: Sequence[str] = ()) -> dict | None:
     """The record ``<output_dir>/run.json`` of the run ``config_file`` + ``opts``, ``seed``;
@@ -183,6 +195,8 @@ def read_run_record(config_file: str, seed: int, output_dir: str,
     record = _read_run_file(record_file, "run record", json.load, json.JSONDecodeError)
     wanted = {"config": config_file, "seed": seed, "opts": list(opts)}
     found = {k: record.get(k) for k in wanted}
+    if isinstance(found["config"], str) and _same_config_file(found["config"], config_file):
+        found["config"] = config_file  # trained from another clone: the same config file
     if found != wanted:
         raise ValueError(f"{record_file} is the record of another run ({found}, not "
                          f"{wanted}); delete the folder or choose another output")
@@ -315,3 +329,108 @@ def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), job
         return [f.result() for f in futures]
 
 
+def evaluate_blocks(run_dir: str, num_val: int, block: int | None = None,
+                    weights: str = "model_final.pth") -> dict:
+    """Evaluate a trained run folder on ``num_val`` validation images of its synthetic set, in
+    blocks of ``block`` images (default: the run's own ``DATASETS.SYNTHETIC.NUM_VAL``).
+
+    The run's ``config.yaml`` with ``DATASETS.SYNTHETIC.NUM_VAL`` = ``num_val`` and the EMA
+    teacher of ``<run_dir>/<weights>``, as ``--eval-only`` does. The set's images are seeded by
+    their index, so block 0 is exactly the validation set the run was measured on (the same
+    metrics as its ``run.json``) and the blocks after it are further samples of the same kind.
+
+    Returns:
+        ``{"num_val", "block", "eval_seconds", "groups": {group: metrics}}`` with the groups of
+        :func:`vclr_d2.evaluation.index_blocks` ("block 0", "block 1", ..., "blocks 1+", "all")
+        and the metrics of :func:`openworld_metrics`.
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.yaml`` or no ``weights`` (both named).
+        ValueError: the config does not evaluate on ``synth_openworld_val_all``, or ``num_val``
+            is smaller than one block.
+    """
+    from detectron2.data import DatasetCatalog
+    from detectron2.evaluation import inference_on_dataset
+
+    from ..evaluation import ImageGroupsEvaluator, build_evaluator, index_blocks
+    from .checkpoint import load_for_evaluation
+    from .trainer import VCLRTrainer
+
+    config = os.path.join(run_dir, "config.yaml")
+    weights_file = os.path.join(run_dir, weights)
+    for f in (config, weights_file):
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"{run_dir!r} has no {os.path.basename(f)} ({f})")
+    own = load_cfg(config, [])
+    if TEST_SET not in own.DATASETS.TEST:
+        raise ValueError(f"{config} does not evaluate on {TEST_SET} "
+                         f"(DATASETS.TEST = {list(own.DATASETS.TEST)})")
+    block = block or own.DATASETS.SYNTHETIC.NUM_VAL
+    if num_val < block:
+        raise ValueError(f"{num_val} validation images are fewer than one block ({block}) of "
+                         f"{run_dir}")
+    cfg = load_cfg(config, ["DATASETS.SYNTHETIC.NUM_VAL", str(num_val),
+                            "MODEL.WEIGHTS", weights_file])
+    groups = index_blocks([d["image_id"] for d in DatasetCatalog.get(TEST_SET)], block)
+    model = VCLRTrainer.build_model(cfg)
+    load_for_evaluation(model, cfg)
+    evaluator = ImageGroupsEvaluator(lambda: build_evaluator(cfg, TEST_SET, None), groups)
+    start = time.perf_counter()
+    results = inference_on_dataset(model, VCLRTrainer.build_test_loader(cfg, TEST_SET),
+                                   evaluator)
+    return {"num_val": num_val, "block": block,
+            "eval_seconds": round(time.perf_counter() - start, 1),
+            "groups": {name: openworld_metrics(res) for name, res in results.items()}}
+
+
+def _weights_stamp(path: str) -> dict:
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime": stat.st_mtime}
+
+
+def evaluate_larger_val(output_dir: str, num_val: int, threads: int | None = None) -> dict:
+    """:func:`evaluate_blocks` of a finished run on ``num_val`` validation images, kept in
+    ``<output_dir>/val<num_val>.json`` and read back from there while ``model_final.pth`` is
+    the file it was made from (same size and modification time; a run trained again is
+    evaluated again).
+
+    Args:
+        threads: torch intra-op threads for the evaluation (None: leave torch's setting).
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    cache = os.path.join(output_dir, f"val{num_val}.json")
+    weights = os.path.join(output_dir, "model_final.pth")
+    stamp = _weights_stamp(weights) if os.path.isfile(weights) else None
+    if os.path.isfile(cache):
+        saved = _read_run_file(cache, "larger-validation record", json.load,
+                               json.JSONDecodeError)
+        if saved.get("weights") == stamp and saved.get("num_val") == num_val:
+            return saved
+        logger.info(f"{cache} is of other weights than {weights}: evaluating again")
+    result = {**evaluate_blocks(output_dir, num_val), "weights": stamp}
+    with open(cache, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _larger_val_task(args: tuple) -> dict:
+    """Process-pool entry of :func:`evaluate_larger_val` (its log in the run's folder)."""
+    output_dir, num_val, threads = args
+    return evaluate_larger_val(output_dir, num_val, threads)
+
+
+def evaluate_runs_larger_val(output_dirs: Sequence[str], num_val: int, jobs: int = 1,
+                             threads: int | None = None) -> list[dict]:
+    """:func:`evaluate_larger_val` of several finished runs, ``jobs`` at a time in separate
+    processes (as :func:`run_rows` trains them); results in the order of ``output_dirs``."""
+    threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    tasks = [(o, num_val, threads) for o in output_dirs]
+    if jobs <= 1:
+        return [_larger_val_task(t) for t in tasks]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        return list(pool.map(_larger_val_task, tasks))
