@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -124,6 +125,23 @@ def test_block_zero_is_the_runs_own_validation_set(tmp_path, capsys):
          + saved[runs[1]]["groups"]["blocks 1+"][tool.METRICS[0]]) / 2, 1)
     assert "Over the 2 pairs" in both
     assert "| sd across the 2 blocks of the mean over the pairs |" + " 0.0 |" * 5 in both
+    # a run whose weights are another file than the one evaluated (trained again): evaluated
+    # again, the other read back
+    os.utime(f"{runs[0]}/model_final.pth", (1, 1))
+    calls = []
+
+    def counted(run, *args):
+        calls.append(run)
+        return kept(run, *args)
+
+    tool.evaluate_run = counted
+    try:
+        assert tool.main([runs[1], "--baseline", runs[0], "--num-val", "8",
+                          "--output", str(out)]) == 0
+    finally:
+        tool.evaluate_run = kept
+    assert calls == [runs[0]]
+    assert json.loads(out.read_text())[runs[0]]["weights"]["mtime"] == 1
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):

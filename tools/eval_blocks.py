@@ -27,8 +27,9 @@ With two RUNs or more (and as many baselines), the mean ± sd over them of each 
 0, "blocks 1+" and "all": a row of ``tools/ablation.py``'s table on the larger validation split.
 
 Results are kept in ``--output`` (JSON, one entry per run folder with the sizes it was evaluated
-at and the seconds it took) and read back instead of evaluating again: delete it when a run folder
-is trained again. ``--report FILE`` writes the printed tables as markdown under a header with the
+at, the seconds it took and the weights file's size and modification time) and read back instead
+of evaluating again while the run's weights are the same file (a run trained again is evaluated
+again). ``--report FILE`` writes the printed tables as markdown under a header with the
 command, the machine and the time (the ``docs/`` pages made by this tool are such reports).
 """
 
@@ -209,14 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         results = load_results(args.output)
     except ValueError as e:
         parser.error(str(e))
+    from vclr_d2.engine.experiments import weights_stamp
+
     start, evaluated = time.perf_counter(), []
     try:  # a missing file, a config without the test set, blocks that do not pair: named
         for run in dict.fromkeys(args.runs + args.baseline):
+            weights = os.path.join(run, args.weights)
+            stamp = weights_stamp(weights) if os.path.isfile(weights) else None
             saved = results.get(run)
-            if saved and saved["num_val"] == args.num_val and (
+            # entries written before the tool kept the weights' stamp are read back as they are
+            if saved and saved["num_val"] == args.num_val and saved.get(
+                    "weights", stamp) == stamp and (
                     args.block is None or saved["block"] == args.block):
                 continue
-            results[run] = evaluate_run(run, args.num_val, args.block, args.weights)
+            results[run] = {**evaluate_run(run, args.num_val, args.block, args.weights),
+                            "weights": stamp}
             evaluated.append(run)
             if args.output:
                 os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

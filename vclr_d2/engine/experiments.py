@@ -33,7 +33,7 @@ from .setup import get_vclr_cfg, load_cfg
 
 __all__ = ["ROWS", "Row", "TEST_SET", "evaluate_blocks", "evaluate_larger_val",
            "exit_with_parent", "experiment_cfg", "machine", "openworld_metrics",
-           "read_run_record", "run_row", "run_rows"]
+           "read_run_record", "run_row", "run_rows", "weights_stamp"]
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +383,9 @@ def evaluate_blocks(run_dir: str, num_val: int, block: int | None = None,
             "groups": {name: openworld_metrics(res) for name, res in results.items()}}
 
 
-def _weights_stamp(path: str) -> dict:
+def weights_stamp(path: str) -> dict:
+    """Size and modification time of a weights file: a result evaluated from it is read back
+    only while the file is the same (a run trained again writes a new one)."""
     stat = os.stat(path)
     return {"size": stat.st_size, "mtime": stat.st_mtime}
 
@@ -403,7 +405,7 @@ def evaluate_larger_val(output_dir: str, num_val: int, threads: int | None = Non
         torch.set_num_threads(threads)
     cache = os.path.join(output_dir, f"val{num_val}.json")
     weights = os.path.join(output_dir, "model_final.pth")
-    stamp = _weights_stamp(weights) if os.path.isfile(weights) else None
+    stamp = weights_stamp(weights) if os.path.isfile(weights) else None
     if os.path.isfile(cache):
         saved = _read_run_file(cache, "larger-validation record", json.load,
                                json.JSONDecodeError)
