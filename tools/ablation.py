@@ -126,13 +126,16 @@ def build_report(records: dict, command: str, wall: float | None, machine: str,
         + (f"**Not run yet: {', '.join(missing)}** (their rows average fewer seeds). "
            if missing else "") +
         "Class-agnostic AR in percent of the EMA teacher (the student for (m)) on "
-        f"`synth_openworld_val_all`{' ' + images if images else ''}: *known* objects are of "
-        "the 4 families annotated in training, *novel* of the 4 never annotated. Mean ± sample "
-        "standard deviation over the seeds.",
+        f"`synth_openworld_val_all`{' ' + images + '.' if images else ':'} "
+        f"{'*Known*' if images else '*known*'} objects are of the 4 families annotated in "
+        "training, "
+        "*novel* of the 4 never annotated. Mean ± sample standard deviation over the seeds.",
         "",
         markdown_table(records, METRICS, {k: ROWS[k].title for k in records}),
         "",
-        "## Paired differences (per seed, then mean ± sd)",
+        "## Paired differences (per seed"
+        + (f" on all {larger_val['num_val']} images" if larger_val else "")
+        + ", then mean ± sd)",
         "",
     ]
     if larger_val:
