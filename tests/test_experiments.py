@@ -347,8 +347,16 @@ def test_ablation_reports_the_runs_on_more_validation_images(tmp_path, opts, cap
     assert "a_seed0/run.json is the record of another run" in capsys.readouterr().err
     record.write_text(json.dumps(records["a"]))
     monkeypatch.undo()
-    for n, says in (("2", "2 validation images are fewer than one block (4)"),
+    for n, says in (("4", "--num-val 4 must be a multiple of the runs' own DATASETS.SYNTHETIC"
+                          ".NUM_VAL (4) larger than it"),
+                    ("10", "--num-val 10 must be a multiple"),
                     ("0", "--num-val must be positive, got 0")):
         with pytest.raises(SystemExit):
             ablation.main([*args[:-len(opts) - 1], n, *opts])
         assert says in capsys.readouterr().err
+    # training with --num-val: checked before any run trains
+    with pytest.raises(SystemExit):
+        ablation.main(["--rows", "c", "--seeds", "0", "--jobs", "1", "--output", str(runs),
+                       "--num-val", "6", *opts])
+    assert "--num-val 6 must be a multiple" in capsys.readouterr().err
+    assert not (runs / "c_seed0").exists()

@@ -171,25 +171,36 @@ def build_report(records: dict, command: str, wall: float | None, machine: str,
     return "\n".join(lines) + "\n"
 
 
+def check_num_val(num_val: int, own: set[int]) -> None:
+    """``--num-val`` against the runs' own ``DATASETS.SYNTHETIC.NUM_VAL`` values: one value,
+    and ``num_val`` a larger multiple of it (whole blocks after the runs' own images)."""
+    if len(own) != 1:
+        raise ValueError(f"the runs have different validation set sizes ({sorted(own)}): "
+                         "report them separately")
+    if num_val <= min(own) or num_val % min(own):
+        raise ValueError(f"--num-val {num_val} must be a multiple of the runs' own "
+                         f"DATASETS.SYNTHETIC.NUM_VAL ({min(own)}) larger than it")
+
+
 def on_larger_val(found: list[tuple[str, dict]], num_val: int, jobs: int,
                   threads: int | None) -> tuple[list[dict], dict]:
     """Records ``[(output_dir, record)]`` evaluated again on ``num_val`` validation images
     (kept in each run folder): ``metrics`` on all of them, ``own_metrics`` on the first block
     (the runs' own validation set), ``after_metrics`` on the rest, ``eval_seconds`` that
     evaluation's; and ``build_report``'s ``larger_val``."""
+    from vclr_d2.engine import load_cfg
     from vclr_d2.engine.experiments import evaluate_runs_larger_val
 
+    own = {load_cfg(os.path.join(o, "config.yaml"), []).DATASETS.SYNTHETIC.NUM_VAL
+           for o, _ in found}
+    check_num_val(num_val, own)
     results = evaluate_runs_larger_val([o for o, _ in found], num_val, jobs, threads)
-    own = {r["block"] for r in results}
-    if len(own) != 1:
-        raise ValueError(f"the runs have different validation set sizes ({sorted(own)}): "
-                         "report them separately")
     records, equal = [], 0
     for (_, rec), res in zip(found, results):
         groups = res["groups"]
         equal += groups["block 0"] == rec["metrics"]
         records.append({**rec, "metrics": groups["all"], "own_metrics": groups["block 0"],
-                        "after_metrics": groups.get("blocks 1+", groups["block 0"]),
+                        "after_metrics": groups["blocks 1+"],
                         "run_metrics": rec["metrics"], "num_val": num_val,
                         "eval_seconds": res["eval_seconds"]})
     return records, {"num_val": num_val, "own": own.pop(), "equal": equal}
@@ -291,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     from vclr_d2.data.datasets.synthetic import ensure_synthetic_openworld
     from vclr_d2.engine import get_vclr_cfg
 
+    if args.num_val:  # before hours of training, not after
+        try:
+            check_num_val(args.num_val, {get_vclr_cfg(c, list(args.opts)).DATASETS.SYNTHETIC
+                                         .NUM_VAL for c, _, _ in runs})
+        except ValueError as e:
+            parser.error(str(e))
     files = ensure_synthetic_openworld(
         **synthetic_kwargs(get_vclr_cfg(runs[0][0], list(args.opts))), workers=args.jobs)
     print(f"[ablation] synthetic set: {files.dir}", flush=True)
@@ -303,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results, larger = on_larger_val([(o, rec) for (_, _, o), rec in zip(runs, results)],
                                             args.num_val, args.jobs, args.threads)
-        except ValueError as e:  # e.g. fewer images than the runs' own validation set
+        except ValueError as e:  # e.g. not more images than the runs' own validation set
             parser.error(str(e))
     wall = time.perf_counter() - start
     records = {r: [rec for (c, s, o), rec in zip(runs, results) if o.endswith(f"/{r}_seed{s}")]
