@@ -141,6 +141,9 @@ def test_block_zero_is_the_runs_own_validation_set(tmp_path, capsys):
     finally:
         tool.evaluate_run = kept
     assert calls == [runs[0]]
+    with pytest.raises(SystemExit):  # 10 images are two blocks of 4 and 2 that count nowhere
+        tool.main([runs[0], "--num-val", "10"])
+    assert "10 validation images are not whole blocks of 4" in capsys.readouterr().err
     assert json.loads(out.read_text())[runs[0]]["weights"]["mtime"] == 1
 
 

@@ -347,7 +347,8 @@ def evaluate_blocks(run_dir: str, num_val: int, block: int | None = None,
     Raises:
         FileNotFoundError: the folder has no ``config.yaml`` or no ``weights`` (both named).
         ValueError: the config does not evaluate on ``synth_openworld_val_all``, or ``num_val``
-            is smaller than one block.
+            is not a multiple of the block (the images after the last whole block would count
+            in no group).
     """
     from detectron2.data import DatasetCatalog
     from detectron2.evaluation import inference_on_dataset
@@ -366,9 +367,9 @@ def evaluate_blocks(run_dir: str, num_val: int, block: int | None = None,
         raise ValueError(f"{config} does not evaluate on {TEST_SET} "
                          f"(DATASETS.TEST = {list(own.DATASETS.TEST)})")
     block = block or own.DATASETS.SYNTHETIC.NUM_VAL
-    if num_val < block:
-        raise ValueError(f"{num_val} validation images are fewer than one block ({block}) of "
-                         f"{run_dir}")
+    if num_val < block or num_val % block:
+        raise ValueError(f"{num_val} validation images are not whole blocks of {block} "
+                         f"({run_dir}): pass a multiple of the block")
     cfg = load_cfg(config, ["DATASETS.SYNTHETIC.NUM_VAL", str(num_val),
                             "MODEL.WEIGHTS", weights_file])
     groups = index_blocks([d["image_id"] for d in DatasetCatalog.get(TEST_SET)], block)
