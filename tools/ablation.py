@@ -21,13 +21,14 @@ the same seed and thread count). The report (markdown, and JSON beside it) holds
 table of known and novel box / mask AR@10 / AR@100, the paired per-seed differences between
 rows, the command, the machine and the wall-clock time.
 
-With --num-val N the runs are evaluated again after training on the first N validation images
-of their set (their own NUM_VAL first: the set seeds each image by its index, training does not
-change), kept in each run folder as val<N>.json, and the report gives the table on all N, the
-paired differences on all N, on the runs' own validation images and on the images after them:
+With --num-val N (a multiple of the runs' own NUM_VAL) the runs are evaluated again after
+training on the first N validation images of their set (their own NUM_VAL first: the set seeds
+each image by its index, training does not change), kept in each run folder as val<N>.json, and
+the report gives the table on all N and the paired differences on all N, on the runs' own
+validation images and on the images after them (docs/ablation_val1000.md):
 
-    python tools/ablation.py --rows a b --seeds 0 1 2 --report-only --num-val 1000 \
-        --report docs/ablation_val1000.md TEST.EVAL_PERIOD 700
+    python tools/ablation.py --rows a b d f --seeds 0 1 2 --jobs 2 --threads 1 --report-only \
+        --num-val 1000 --report docs/ablation_val1000.md TEST.EVAL_PERIOD 700
 """
 
 from __future__ import annotations
