@@ -340,6 +340,8 @@ def test_ablation_reports_the_runs_on_more_validation_images(tmp_path, opts, cap
     assert report.read_text() == text
     os.utime(runs / "b_seed0" / "model_final.pth", (1, 1))  # another file than evaluated
     assert ablation.main(args) == 0 and evaluated == ["b_seed0"]
+    (runs / "a_seed0" / "val8.json").write_text("{")  # unreadable: made again
+    assert ablation.main(args) == 0 and evaluated == ["b_seed0", "a_seed0"]
     record.write_text(json.dumps({**records["a"], "config": "/other/clone/configs/synthetic/"
                                   "proposals.yaml"}))
     with pytest.raises(SystemExit):

@@ -395,7 +395,7 @@ def evaluate_larger_val(output_dir: str, num_val: int, threads: int | None = Non
     """:func:`evaluate_blocks` of a finished run on ``num_val`` validation images, kept in
     ``<output_dir>/val<num_val>.json`` and read back from there while ``model_final.pth`` is
     the file it was made from (same size and modification time; a run trained again is
-    evaluated again).
+    evaluated again, and so is a run whose file cannot be read, with a warning naming it).
 
     Args:
         threads: torch intra-op threads for the evaluation (None: leave torch's setting).
@@ -408,11 +408,16 @@ def evaluate_larger_val(output_dir: str, num_val: int, threads: int | None = Non
     weights = os.path.join(output_dir, "model_final.pth")
     stamp = weights_stamp(weights) if os.path.isfile(weights) else None
     if os.path.isfile(cache):
-        saved = _read_run_file(cache, "larger-validation record", json.load,
-                               json.JSONDecodeError)
-        if saved.get("weights") == stamp and saved.get("num_val") == num_val:
+        try:  # derived data: an unreadable file is made again, not an error
+            saved = _read_run_file(cache, "larger-validation record", json.load,
+                                   json.JSONDecodeError)
+        except ValueError as e:
+            logger.warning(f"{e}: evaluating again")
+            saved = {}
+        if isinstance(saved, dict) and saved.get("weights") == stamp and saved.get(
+                "num_val") == num_val:
             return saved
-        logger.info(f"{cache} is of other weights than {weights}: evaluating again")
+        logger.info(f"{cache} is not of {weights} as it is now: evaluating again")
     result = {**evaluate_blocks(output_dir, num_val), "weights": stamp}
     with open(cache, "w") as f:
         json.dump(result, f, indent=1)
