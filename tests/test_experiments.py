@@ -362,3 +362,7 @@ def test_ablation_reports_the_runs_on_more_validation_images(tmp_path, opts, cap
                        "--num-val", "6", *opts])
     assert "--num-val 6 must be a multiple" in capsys.readouterr().err
     assert not (runs / "c_seed0").exists()
+    (runs / "b_seed0" / "config.yaml").unlink()  # a record without the config to evaluate
+    with pytest.raises(SystemExit):
+        ablation.main(args)
+    assert "b_seed0 has a run.json but no config.yaml" in capsys.readouterr().err

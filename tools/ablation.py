@@ -192,8 +192,13 @@ def on_larger_val(found: list[tuple[str, dict]], num_val: int, jobs: int,
     from vclr_d2.engine import load_cfg
     from vclr_d2.engine.experiments import evaluate_runs_larger_val
 
-    own = {load_cfg(os.path.join(o, "config.yaml"), []).DATASETS.SYNTHETIC.NUM_VAL
-           for o, _ in found}
+    own = set()
+    for o, _ in found:
+        config = os.path.join(o, "config.yaml")
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"{o} has a run.json but no config.yaml ({config}) to "
+                                    "evaluate it with; delete the folder to train it again")
+        own.add(load_cfg(config, []).DATASETS.SYNTHETIC.NUM_VAL)
     check_num_val(num_val, own)
     results = evaluate_runs_larger_val([o for o, _ in found], num_val, jobs, threads)
     records, equal = [], 0
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results, larger = on_larger_val([(o, rec) for (_, _, o), rec in zip(runs, results)],
                                             args.num_val, args.jobs, args.threads)
-        except ValueError as e:  # e.g. not more images than the runs' own validation set
+        except (FileNotFoundError, ValueError) as e:  # e.g. too few images for --num-val
             parser.error(str(e))
     wall = time.perf_counter() - start
     records = {r: [rec for (c, s, o), rec in zip(runs, results) if o.endswith(f"/{r}_seed{s}")]

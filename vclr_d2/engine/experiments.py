@@ -298,6 +298,18 @@ def exit_with_parent(parent_pid: int, period: float = 2.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _threads_per_job(threads: int | None, jobs: int) -> int:
+    """``threads``, or by default the machine's cores shared among ``jobs`` processes."""
+    return threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
+
+
+def _process_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes, each a fresh interpreter (spawn: no forked torch thread pools)
+    that ends when this process is gone (:func:`exit_with_parent`)."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
 def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), jobs: int = 1,
              threads: int | None = None, on_done=None) -> list[dict]:
     """Several runs ``(config_file, seed, output_dir)``, ``jobs`` at a time in separate
@@ -310,7 +322,7 @@ def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), job
     Returns:
         the records in the order of ``runs``.
     """
-    threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    threads = _threads_per_job(threads, jobs)
     tasks = [(c, s, o, list(opts), threads, jobs > 1) for c, s, o in runs]
     if jobs <= 1:
         records = []
@@ -319,10 +331,7 @@ def run_rows(runs: Sequence[tuple[str, int, str]], opts: Sequence[str] = (), job
             if on_done:
                 on_done(records[-1])
         return records
-    # spawn: a fresh interpreter per worker (no forked torch thread pools)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with _process_pool(jobs) as pool:
         futures = [pool.submit(_run_record, t) for t in tasks]
         for f in futures:
             f.add_done_callback(lambda f: on_done and not f.exception() and on_done(f.result()))
@@ -425,7 +434,7 @@ def evaluate_larger_val(output_dir: str, num_val: int, threads: int | None = Non
 
 
 def _larger_val_task(args: tuple) -> dict:
-    """Process-pool entry of :func:`evaluate_larger_val` (its log in the run's folder)."""
+    """Process-pool entry of :func:`evaluate_larger_val`."""
     output_dir, num_val, threads = args
     return evaluate_larger_val(output_dir, num_val, threads)
 
@@ -434,11 +443,8 @@ def evaluate_runs_larger_val(output_dirs: Sequence[str], num_val: int, jobs: int
                              threads: int | None = None) -> list[dict]:
     """:func:`evaluate_larger_val` of several finished runs, ``jobs`` at a time in separate
     processes (as :func:`run_rows` trains them); results in the order of ``output_dirs``."""
-    threads = threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    tasks = [(o, num_val, threads) for o in output_dirs]
+    tasks = [(o, num_val, _threads_per_job(threads, jobs)) for o in output_dirs]
     if jobs <= 1:
         return [_larger_val_task(t) for t in tasks]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with _process_pool(jobs) as pool:
         return list(pool.map(_larger_val_task, tasks))
